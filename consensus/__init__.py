@@ -1,0 +1,1 @@
+"""meshnode consensus package."""

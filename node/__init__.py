@@ -1,0 +1,1 @@
+"""meshnode node package."""
