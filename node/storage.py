@@ -12,9 +12,13 @@ never contradicts a message it sent.
 
 ``decided`` records (commit certificates, canonical bytes) also extend the audit chain:
 ``entry_hash[s] = sha256(b"meshnode/audit/v1" || prev_hash || seq (8 bytes, big endian)
-|| sha256(certificate))`` with ``prev_hash`` of the first entry 32 zero bytes. Anyone
-holding the exported entries can recompute the chain offline; a changed, removed or
-reordered entry breaks every hash after it (:func:`verify_audit_chain`).
+|| value_digest)`` with ``prev_hash`` of the first entry 32 zero bytes. ``value_digest``
+is the digest of the *decided value* (the PBFT batch digest), extracted from the
+certificate by the ``digest_of`` function the node passes in: two honest replicas hold
+different certificates for one decision (each collected its own 2f+1 COMMITs) but the
+same batch, so their chains are identical. Anyone holding the exported entries can
+recompute the chain offline; a changed, removed or reordered entry breaks every hash
+after it (:func:`verify_audit_chain`).
 
 The ``Storage`` object is not thread-safe by itself; the runtime calls it from one
 worker thread at a time (``check_same_thread=False`` so that thread may change).
@@ -24,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -47,6 +51,7 @@ CREATE INDEX IF NOT EXISTS consensus_records_kind_seq ON consensus_records (kind
 CREATE TABLE IF NOT EXISTS decided_log (
     seq         INTEGER PRIMARY KEY,
     certificate BLOB NOT NULL,
+    value_digest BLOB NOT NULL,
     prev_hash   BLOB NOT NULL,
     entry_hash  BLOB NOT NULL
 );
@@ -70,10 +75,12 @@ class StoredRecord:
 
 @dataclass(frozen=True, slots=True)
 class AuditEntry:
-    """One decided-log entry: sequence number, certificate bytes and chain hashes (32 B)."""
+    """One decided-log entry: sequence number, certificate bytes, the decided value's
+    digest and the chain hashes (all 32 bytes)."""
 
     seq: int
     certificate: bytes
+    value_digest: bytes
     prev_hash: bytes
     entry_hash: bytes
 
@@ -82,27 +89,36 @@ class AuditError(ValueError):
     """An audit chain that does not verify (names the first bad sequence number)."""
 
 
-def audit_hash(prev_hash: bytes, seq: int, certificate: bytes) -> bytes:
+def sha256_digest(data: bytes) -> bytes:
+    """Default ``digest_of``: SHA-256 of the whole certificate bytes."""
+    return hashlib.sha256(data).digest()
+
+
+DigestOf = Callable[[bytes], bytes]
+
+
+def audit_hash(prev_hash: bytes, seq: int, value_digest: bytes) -> bytes:
     """The 32-byte chain hash of the entry ``seq`` following ``prev_hash``."""
-    return hashlib.sha256(
-        AUDIT_DOMAIN + prev_hash + seq.to_bytes(8, "big") + hashlib.sha256(certificate).digest()
-    ).digest()
+    return hashlib.sha256(AUDIT_DOMAIN + prev_hash + seq.to_bytes(8, "big") + value_digest).digest()
 
 
-def verify_audit_chain(entries: Iterable[AuditEntry]) -> bytes:
+def verify_audit_chain(entries: Iterable[AuditEntry], digest_of: DigestOf = sha256_digest) -> bytes:
     """Check that ``entries`` (in order) form one unbroken chain; return the head hash.
 
     The first entry may start anywhere (an export can begin after compaction) but every
-    later entry must follow its predecessor by sequence number and hash. Raises
-    AuditError naming the first entry that does not verify. Certificates themselves
-    are checked separately (``consensus.certificate.verify``).
+    later entry must follow its predecessor by sequence number and hash, and each
+    entry's ``value_digest`` must be ``digest_of(certificate)``. Raises AuditError naming
+    the first entry that does not verify. Certificates themselves are checked
+    separately (``consensus.certificate.verify``).
     """
     prev: AuditEntry | None = None
     head = GENESIS_HASH
     for entry in entries:
         if prev is not None and (entry.seq != prev.seq + 1 or entry.prev_hash != prev.entry_hash):
             raise AuditError(f"entry {entry.seq} does not follow entry {prev.seq}")
-        if audit_hash(entry.prev_hash, entry.seq, entry.certificate) != entry.entry_hash:
+        if digest_of(entry.certificate) != entry.value_digest:
+            raise AuditError(f"entry {entry.seq}: certificate does not match its value digest")
+        if audit_hash(entry.prev_hash, entry.seq, entry.value_digest) != entry.entry_hash:
             raise AuditError(f"entry {entry.seq}: hash does not match its content")
         prev, head = entry, entry.entry_hash
     return head
@@ -111,12 +127,14 @@ def verify_audit_chain(entries: Iterable[AuditEntry]) -> bytes:
 class Storage:
     """sqlite database at ``path`` (created with its parent directory, mode 0600).
 
-    Raises sqlite3.DatabaseError when the file is not a meshnode database or has a newer
-    schema.
+    ``digest_of(certificate bytes) -> 32 bytes`` names the decided value in the audit
+    chain (the node passes the PBFT batch digest). Raises sqlite3.DatabaseError when the
+    file is not a meshnode database or has a newer schema.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, digest_of: DigestOf = sha256_digest) -> None:
         self.path = Path(path)
+        self.digest_of = digest_of
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path.touch(mode=0o600, exist_ok=True)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -189,12 +207,14 @@ class Storage:
             return
         if last is not None and seq != last + 1:
             raise AuditError(f"decided sequence {seq} does not follow {last}")
-        prev = GENESIS_HASH if last is None else self._db.execute(
+        prev = GENESIS_HASH if last is None else bytes(self._db.execute(
             "SELECT entry_hash FROM decided_log WHERE seq = ?", (last,)
-        ).fetchone()[0]
+        ).fetchone()[0])
+        value = self.digest_of(certificate)
         self._db.execute(
-            "INSERT INTO decided_log (seq, certificate, prev_hash, entry_hash) VALUES (?,?,?,?)",
-            (seq, certificate, bytes(prev), audit_hash(bytes(prev), seq, certificate)),
+            "INSERT INTO decided_log (seq, certificate, value_digest, prev_hash, entry_hash) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (seq, certificate, value, prev, audit_hash(prev, seq, value)),
         )
 
     def last_decided(self) -> int:
@@ -211,11 +231,11 @@ class Storage:
     def audit_entries(self, start: int = 0, end: int | None = None) -> list[AuditEntry]:
         """Decided-log entries with ``start <= seq <= end`` (all by default), in order."""
         rows = self._db.execute(
-            "SELECT seq, certificate, prev_hash, entry_hash FROM decided_log "
+            "SELECT seq, certificate, value_digest, prev_hash, entry_hash FROM decided_log "
             "WHERE seq >= ? AND seq <= ? ORDER BY seq",
             (start, end if end is not None else 2**62),
         )
-        return [AuditEntry(s, bytes(c), bytes(p), bytes(h)) for s, c, p, h in rows]
+        return [AuditEntry(s, bytes(c), bytes(v), bytes(p), bytes(h)) for s, c, v, p, h in rows]
 
     # ---- key-value -------------------------------------------------------------------
     def get_meta(self, key: str) -> bytes | None:

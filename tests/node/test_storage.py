@@ -16,6 +16,7 @@ from node.storage import (
     Storage,
     StoredRecord,
     audit_hash,
+    sha256_digest,
     verify_audit_chain,
 )
 
@@ -59,15 +60,31 @@ def test_audit_chain_links_decisions_and_detects_tampering(tmp_path):
     assert head == entries[-1].entry_hash
     assert verify_audit_chain(db.audit_entries(3)) == head  # an export may start later
     forged = list(entries)
-    forged[2] = AuditEntry(3, b"forged", forged[2].prev_hash, forged[2].entry_hash)
+    e3 = entries[2]
+    forged[2] = AuditEntry(3, b"forged", e3.value_digest, e3.prev_hash, e3.entry_hash)
     with pytest.raises(AuditError, match="entry 3"):
         verify_audit_chain(forged)
-    rehashed = AuditEntry(3, b"forged", entries[2].prev_hash,
-                          audit_hash(entries[2].prev_hash, 3, b"forged"))
+    value = sha256_digest(b"forged")
+    rehashed = AuditEntry(3, b"forged", value, e3.prev_hash, audit_hash(e3.prev_hash, 3, value))
     with pytest.raises(AuditError, match="entry 4 does not follow"):
         verify_audit_chain([*entries[:2], rehashed, *entries[3:]])
     with pytest.raises(AuditError, match="does not follow"):
         verify_audit_chain([entries[0], entries[2]])
+
+
+def test_chain_names_the_decided_value_not_the_certificate_bytes(tmp_path):
+    # Two replicas hold different certificates (different COMMIT subsets) for the same
+    # decided value: their chains must be identical.
+    value_of = lambda cert: sha256_digest(cert.split(b"|")[0])  # noqa: E731
+    a = Storage(tmp_path / "a.db", digest_of=value_of)
+    b = Storage(tmp_path / "b.db", digest_of=value_of)
+    for s in range(1, 4):
+        a.append_records([rec("decided", s, b"batch-%d|commits from 1,2,3" % s)])
+        b.append_records([rec("decided", s, b"batch-%d|commits from 2,3,4" % s)])
+    ha = verify_audit_chain(a.audit_entries(), value_of)
+    assert ha == verify_audit_chain(b.audit_entries(), value_of)
+    with pytest.raises(AuditError, match="value digest"):
+        verify_audit_chain(a.audit_entries())  # wrong digest function: mismatch caught
 
 
 def test_a_gap_in_decisions_rolls_the_whole_append_back(tmp_path):

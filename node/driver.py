@@ -1,0 +1,146 @@
+"""Drives the pure PBFT replica with real time, the HSM, sqlite and the transport.
+
+Theory of operation
+-------------------
+The replica (:mod:`consensus.replica`) is a pure state machine; this shell feeds it and
+carries out its effects, following the Ready/Advance contract of
+:mod:`consensus.effects`:
+
+1. inputs: frames from the ``consensus`` channel are decoded and stepped in (a frame
+   that does not decode is dropped and counted against its sender); a timer calls
+   ``tick()`` every ``tick_s`` seconds (one tick = ``tick_s`` of wall time);
+2. one pump task takes each Ready and, in order: appends ``persist`` records to sqlite
+   in a worker thread (one fsync'd transaction) — *before* anything is sent; signs all
+   ``sign_requests`` with the HSM in a worker thread (python-pkcs11 calls are serialised
+   by the token's lock) and hands the signatures back; sends ``messages``; delivers
+   ``committed`` decisions to waiters; then ``advance()``.
+
+Inputs that arrive while the pump awaits a thread land in the next Ready (the core
+allows that), so the trio loop never blocks on disk or the HSM.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import trio
+
+from consensus.effects import Decision, Ready
+from consensus.messages import MessageDecodeError, decode_message, encode_message
+from consensus.replica import Replica
+
+log = logging.getLogger("meshnode.consensus")
+
+__all__ = ["CHANNEL", "ConsensusDriver"]
+
+CHANNEL = "consensus"
+
+
+class ConsensusDriver:
+    """One replica's shell.
+
+    ``persist(records)`` must write durably (called in a worker thread);
+    ``sign_all(list of bytes) -> list of 64-byte signatures`` signs with the node key
+    (worker thread); ``send(peer_id, channel, payload) -> bool`` queues a frame;
+    ``tick_s`` is the wall-clock length of one tick (seconds).
+    """
+
+    def __init__(
+        self,
+        replica: Replica,
+        *,
+        persist: Callable[[Sequence[Any]], None],
+        sign_all: Callable[[list[bytes]], list[bytes]],
+        send: Callable[[str, str, bytes], bool],
+        tick_s: float,
+        on_decision: Callable[[Decision], None] | None = None,
+    ) -> None:
+        self.replica = replica
+        self._persist = persist
+        self._sign_all = sign_all
+        self._send = send
+        self.tick_s = tick_s
+        self.on_decision = on_decision
+        self.client_id = f"{replica.me}/{os.urandom(4).hex()}"  # fresh per incarnation
+        self._next_rid = 0
+        self._wake = trio.Event()
+        self._waiters: dict[tuple[str, int], trio.MemorySendChannel] = {}
+        self._io_limiter = trio.CapacityLimiter(1)
+        self.decode_drops: Counter[str] = Counter()
+        self.last_decision: Decision | None = None
+
+    # ---- inputs -----------------------------------------------------------------------
+    def on_frame(self, peer_id: str, payload: bytes) -> None:
+        """Step one received frame in; undecodable frames are dropped and counted."""
+        try:
+            msg = decode_message(payload)
+        except MessageDecodeError as exc:
+            self.decode_drops[peer_id] += 1
+            log.debug("dropped undecodable frame from %s: %s", peer_id, exc)
+            return
+        self.replica.step(msg, sender=peer_id)
+        self._wake.set()
+
+    async def propose(self, op: bytes) -> Decision:
+        """Submit ``op`` and wait until a decision containing it is executed here.
+        Returns that :class:`Decision` (its ``seq`` and ``certificate``)."""
+        self._next_rid += 1
+        key = (self.client_id, self._next_rid)
+        send, receive = trio.open_memory_channel[Decision](1)
+        self._waiters[key] = send
+        try:
+            self.replica.propose(op, client=self.client_id, rid=self._next_rid)
+            self._wake.set()
+            return await receive.receive()
+        finally:
+            self._waiters.pop(key, None)
+
+    # ---- the pump ---------------------------------------------------------------------
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Tick and pump until cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._ticker)
+            task_status.started()
+            while True:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                while self.replica.has_ready():
+                    await self._carry_out(self.replica.ready())
+
+    async def _ticker(self) -> None:
+        while True:
+            await trio.sleep(self.tick_s)
+            self.replica.tick()
+            self._wake.set()
+
+    async def _carry_out(self, ready: Ready) -> None:
+        if ready.persist:
+            await trio.to_thread.run_sync(self._persist, ready.persist,
+                                          limiter=self._io_limiter)
+        if ready.sign_requests:
+            datas = [r.data for r in ready.sign_requests]
+            sigs = await trio.to_thread.run_sync(self._sign_all, datas,
+                                                 limiter=self._io_limiter)
+            for request, sig in zip(ready.sign_requests, sigs, strict=True):
+                self.replica.signed(request.id, sig)
+        for out in ready.messages:
+            payload = encode_message(out.msg)
+            for peer_id in out.to:
+                self._send(peer_id, CHANNEL, payload)
+        for decision in ready.committed:
+            self._deliver(decision)
+        self.replica.advance(ready)
+
+    def _deliver(self, decision: Decision) -> None:
+        self.last_decision = decision
+        log.debug("decided seq %d (%d requests)", decision.seq, len(decision.batch.requests))
+        if self.on_decision is not None:
+            self.on_decision(decision)
+        for request in decision.batch.requests:
+            waiter = self._waiters.pop((request.client, request.rid), None)
+            if waiter is not None:
+                waiter.send_nowait(decision)
