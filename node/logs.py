@@ -82,7 +82,7 @@ def configure(
         from rich.logging import RichHandler
 
         handler = RichHandler(
-            console=Console(file=stream, stderr=stream is sys.stderr),
+            console=Console(file=stream, stderr=stream is sys.stderr, emoji=False),
             show_path=False,
             rich_tracebacks=False,
             log_time_format="%H:%M:%S",
