@@ -1,0 +1,229 @@
+"""``sim``: run the simulator from the command line.
+
+``sim run --nodes 100 --byzantine 0.33 [--seed S] [--duration 60s] [--latency ...]
+[--loss ...] [--partition ...] [--crash ...] [--scenario FILE] [--report-json PATH]
+[--plot DIR] [--allow-unsafe] [--workload NAME] [--cost ...]``
+``sim calibrate``: measure crypto and codec costs on this machine.
+
+Exit codes: 0 all targets met and safe; 1 a target missed; 2 a safety invariant broke,
+or bad flags (one line on stderr); 3 the run cannot start because a component is
+missing (e.g. the PBFT workload is not wired yet).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import Any, NoReturn
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from sim import report as rep
+from sim.cpu import CostModel, parse_costs
+from sim.network import NetworkConfig, parse_latency, parse_partition
+from sim.scenario import (
+    CrashSpec,
+    RunSpec,
+    ScenarioError,
+    Timeline,
+    byzantine_count,
+    load_scenario,
+    parse_network,
+    parse_timeline,
+    pick_byzantine,
+)
+from sim.units import parse_bandwidth, parse_duration, parse_nodeset, parse_probability
+from sim.workloads import WorkloadMissing, load_workload
+
+__all__ = ["main"]
+
+EXIT_MISSING = 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        _fail(message)
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    sys.stderr.write(f"sim: error: {message}\n")
+    raise SystemExit(code)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="sim", description="meshnode discrete-event simulator")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    run = sub.add_parser("run", help="simulate a mesh and check the targets")
+    run.add_argument("--nodes", type=int, help="number of nodes (default 100)")
+    run.add_argument("--byzantine", type=float, help="fraction of Byzantine nodes (floor)")
+    run.add_argument("--seed", type=int, help="RNG seed (default 1)")
+    run.add_argument("--duration", help="virtual time to simulate, e.g. 60s (default 60s)")
+    run.add_argument("--workload", help="pbft (default) or selftest-echo")
+    run.add_argument("--latency", help="50ms | uniform:LO:HI | lognormal:MED:SIGMA | "
+                                       "regions:K:INTRA:INTER (default 50ms)")
+    run.add_argument("--jitter", help="extra uniform(0, J) delay per message")
+    run.add_argument("--loss", help="message loss probability")
+    run.add_argument("--duplicate", help="message duplication probability")
+    run.add_argument("--reorder", help="probability a message is held back (reordered)")
+    run.add_argument("--bandwidth", help="per-link bandwidth, e.g. 100Mbit")
+    run.add_argument("--partition", action="append", default=[],
+                     help="START-END:0-49|50-99 or START-END:SRC>DST (repeatable)")
+    run.add_argument("--crash", action="append", default=[],
+                     help="NODES@AT[-RESTART], e.g. 3,7@10s-20s (repeatable)")
+    run.add_argument("--cost", help="CPU costs, e.g. sign=0.27ms,verify=65us,handle=20us")
+    run.add_argument("--scenario", help="TOML scenario file (flags override it)")
+    run.add_argument("--report-json", help="write the JSON report here")
+    run.add_argument("--plot", help="write PNG plots into this directory (needs matplotlib)")
+    run.add_argument("--allow-unsafe", action="store_true",
+                     help="allow more than f Byzantine nodes")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--trace", action="store_true", help="print the event-trace digest")
+    sub.add_parser("calibrate", help="measure sign/verify/codec costs on this machine")
+    return parser
+
+
+def _pick(flag: Any, scenario: dict[str, Any], key: str, default: Any) -> Any:
+    if flag is not None:
+        return flag
+    return scenario.get("run", {}).get(key, default)
+
+
+def _network(args: argparse.Namespace, scen: dict[str, Any], n: int) -> NetworkConfig:
+    net = parse_network(scen, n, NetworkConfig()) if scen else NetworkConfig()
+    changes: dict[str, Any] = {}
+    if args.latency is not None:
+        changes["latency"] = parse_latency(args.latency, n)
+    for flag, attr, parse in (
+        ("jitter", "jitter_s", parse_duration), ("loss", "loss", parse_probability),
+        ("duplicate", "duplicate", parse_probability), ("reorder", "reorder", parse_probability),
+        ("bandwidth", "bandwidth_bps", parse_bandwidth),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            try:
+                changes[attr] = parse(value)
+            except ValueError as exc:
+                raise ValueError(f"--{flag}: {exc}") from None
+    return dataclasses.replace(net, **changes)
+
+
+def _crash_flag(text: str, n: int) -> CrashSpec:
+    nodes, sep, window = text.partition("@")
+    if not sep:
+        raise ValueError(f"--crash {text!r} is not NODES@AT or NODES@AT-RESTART")
+    at, _, restart = window.partition("-")
+    try:
+        at_s = parse_duration(at)
+        restart_s = parse_duration(restart) if restart else None
+        if restart_s is not None and restart_s <= at_s:
+            raise ValueError("restart must come after the crash")
+        return CrashSpec(parse_nodeset(nodes, n), at_s, restart_s)
+    except ValueError as exc:
+        raise ValueError(f"--crash {text!r}: {exc}") from None
+
+
+def build_spec(args: argparse.Namespace) -> RunSpec:
+    """Combine flags and the scenario file. Raises ``ValueError`` (incl. ScenarioError)."""
+    scen = load_scenario(args.scenario) if args.scenario else {}
+    n = int(_pick(args.nodes, scen, "nodes", 100))
+    if not 1 <= n <= 100_000:
+        raise ValueError(f"--nodes {n} must be between 1 and 100000")
+    seed = int(_pick(args.seed, scen, "seed", 1))
+    duration = parse_duration(_pick(args.duration, scen, "duration", "60s"))
+    if duration <= 0:
+        raise ValueError("--duration must be positive")
+    if args.byzantine is None and "byzantine_nodes" in scen.get("run", {}):
+        byz = parse_nodeset(scen["run"]["byzantine_nodes"], n)
+        if len(byz) > (n - 1) // 3 and not args.allow_unsafe:
+            raise ValueError(f"{len(byz)} Byzantine nodes is more than f = {(n - 1) // 3}; "
+                             "pass --allow-unsafe")
+    else:
+        frac = float(_pick(args.byzantine, scen, "byzantine", 0.0))
+        count = byzantine_count(frac, n, allow_unsafe=args.allow_unsafe)
+        byz = pick_byzantine(count, n, seed)
+    timeline = parse_timeline(scen, n) if scen else Timeline()
+    extra = tuple(parse_partition(p, n) for p in args.partition)
+    crashes = tuple(_crash_flag(c, n) for c in args.crash)
+    timeline = dataclasses.replace(
+        timeline, partitions=timeline.partitions + extra, crashes=timeline.crashes + crashes
+    )
+    costs = parse_costs(args.cost) if args.cost else CostModel()
+    return RunSpec(
+        nodes=n, byzantine=byz, seed=seed, duration_s=duration,
+        workload=str(_pick(args.workload, scen, "workload", "pbft")),
+        network=_network(args, scen, n), costs=costs, timeline=timeline,
+        allow_unsafe=args.allow_unsafe, scenario_path=args.scenario,
+        workload_params=dict(scen.get("workload_params", {})),
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    from sim import runner  # imported late: `sim --help` stays fast
+
+    try:
+        spec = build_spec(args)
+    except (ValueError, ScenarioError) as exc:
+        _fail(str(exc))
+    try:
+        workload = load_workload(spec.workload)
+    except WorkloadMissing as exc:
+        _fail(str(exc), EXIT_MISSING)
+    if args.plot:
+        from sim import plot
+
+        if not plot.available():
+            _fail("--plot needs matplotlib, which is not installed (pip install matplotlib)")
+    console = Console()
+    decisions = []
+    with Progress(
+        TextColumn("[bold]sim[/bold] {task.description}"), BarColumn(),
+        TextColumn("{task.completed:.1f}/{task.total:.0f} s virtual"), TimeElapsedColumn(),
+        console=Console(stderr=True), disable=args.no_progress, transient=True,
+    ) as progress:
+        task = progress.add_task(f"{spec.workload} x{spec.nodes}", total=spec.duration_s)
+        try:
+            result = runner.run(
+                spec, workload, trace=args.trace,
+                on_progress=lambda now: progress.update(task, completed=now),
+                decisions=decisions if args.plot else None,
+            )
+        except ValueError as exc:
+            _fail(str(exc))
+    rep.render(console, result.targets, result.violations)
+    console.print(
+        f"seed {spec.seed}: {result.events} events, {result.results.decisions} decisions, "
+        f"{result.wall_s:.1f}s wall" + (f", trace {result.trace_digest}" if args.trace else ""),
+        markup=False,
+    )
+    if args.report_json:
+        rep.write_json(args.report_json, runner.report_dict(result))
+    if args.plot:
+        plot.write(args.plot, result, decisions)
+    return result.exit_code
+
+
+def _calibrate() -> int:
+    from sim import calibrate
+
+    figures = calibrate.measure()
+    console = Console()
+    for name, value in figures.items():
+        console.print(f"{name:<28} {value * 1e6:10.3f} us", markup=False)
+    console.print(f"--cost {calibrate.as_cost_flag(figures)}", markup=False)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``sim`` console script. Returns the exit code."""
+    args = _parser().parse_args(argv)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "calibrate":
+        return _calibrate()
+    _fail("missing command: use `sim run ...` or `sim calibrate`")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
