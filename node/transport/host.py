@@ -60,6 +60,26 @@ HEADER_BYTES = 4
 PEERSTORE_TTL_S = 24 * 3600
 
 
+def connection_config(max_connections: int = 300) -> ConnectionConfig:
+    """py-libp2p connection settings for a meshnode host.
+
+    * ``max_connections_per_peer=1``: without it ``Swarm.dial_peer`` waits a fixed
+      250 ms after every successful dial (ARCHITECTURE.md section 7).
+    * ``min_connections=0, low_watermark=0``: py-libp2p's AutoConnector otherwise aims
+      for (low + high) / 2 = 200 connections and dials every peer in the peerstore in
+      the background, including peers that just failed a handshake. The node decides
+      whom to dial (members, bootstrap, DHT), so the AutoConnector stays idle.
+    * ``high_watermark=max_connections``: the pruner only trims above the hard cap.
+    """
+    return ConnectionConfig(
+        max_connections=max_connections,
+        max_connections_per_peer=1,
+        min_connections=0,
+        low_watermark=0,
+        high_watermark=max_connections,
+    )
+
+
 def protocol_id(channel: str) -> TProtocol:
     """The libp2p protocol ID of a channel: ``/meshnode/<channel>/1.0.0``."""
     return TProtocol(f"/meshnode/{channel}/1.0.0")
@@ -131,7 +151,7 @@ class LibP2PTransport:
             key_pair=key_pair,
             sec_opt={NOISE_PROTOCOL_ID: noise},
             muxer_opt=create_yamux_muxer_option(),
-            connection_config=ConnectionConfig(max_connections_per_peer=1),
+            connection_config=connection_config(),
         )
         self.peer_id = self.host.get_id().to_base58()
         self._in_send, self.inbound = trio.open_memory_channel[Inbound](inbound_queue)
