@@ -232,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="log one JSON object per line on stderr (for machines)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _build_identity(sub)
+    from node import cli_node
+
+    cli_node.register(sub, _add_home)
     return parser
 
 
@@ -254,13 +257,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report(exc: Exception) -> int:
+    from consensus.certificate import CertificateError
     from identity.canonical import DecodeError
     from identity.home import IdentityHomeError
     from identity.records import RecordError
     from identity.signer import SignerError
+    from node.config import ConfigError
+    from node.control import ControlError
+    from node.genesis import GenesisError
+    from node.storage import AuditError
+    from node.testnet import TestnetError
 
-    if isinstance(exc, (_Fail, SignerError, IdentityHomeError, RecordError, DecodeError)):
+    known = (_Fail, SignerError, IdentityHomeError, RecordError, DecodeError, ConfigError,
+             ControlError, GenesisError, CertificateError, AuditError, TestnetError)
+    if isinstance(exc, known):
         print(f"meshnode: error: {exc}", file=sys.stderr)
+        return 1
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
+        print(f"meshnode: error: {exc.strerror}: {exc.filename}", file=sys.stderr)
         return 1
     raise exc
 

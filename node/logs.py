@@ -108,3 +108,8 @@ def adopt_libp2p_logger() -> None:
     lg.handlers.clear()
     lg.propagate = True
     lg.setLevel(_STATE["libp2p_level"])
+    # Some libp2p modules pin their own level (auto_connector sets INFO at import):
+    # make every child inherit the level chosen for libp2p as a whole.
+    for name, child in list(logging.root.manager.loggerDict.items()):
+        if name.startswith("libp2p.") and isinstance(child, logging.Logger):
+            child.setLevel(logging.NOTSET)

@@ -65,10 +65,9 @@ def connection_config(max_connections: int = 300) -> ConnectionConfig:
 
     * ``max_connections_per_peer=1``: without it ``Swarm.dial_peer`` waits a fixed
       250 ms after every successful dial (ARCHITECTURE.md section 7).
-    * ``min_connections=0, low_watermark=0``: py-libp2p's AutoConnector otherwise aims
-      for (low + high) / 2 = 200 connections and dials every peer in the peerstore in
-      the background, including peers that just failed a handshake. The node decides
-      whom to dial (members, bootstrap, DHT), so the AutoConnector stays idle.
+    * ``min_connections=0, low_watermark=0``: no floor to maintain; the AutoConnector
+      (which would dial every peer in the peerstore) is disabled outright by
+      :func:`_disable_auto_connector`. The node decides whom to dial.
     * ``high_watermark=max_connections``: the pruner only trims above the hard cap.
     """
     return ConnectionConfig(
@@ -78,6 +77,22 @@ def connection_config(max_connections: int = 300) -> ConnectionConfig:
         low_watermark=0,
         high_watermark=max_connections,
     )
+
+
+def _disable_auto_connector(host: Any) -> None:
+    """Keep py-libp2p's AutoConnector from ever starting.
+
+    It dials toward (low_watermark + high_watermark) / 2 connections whatever
+    ``min_connections`` says, so watermarks alone cannot idle it without switching the
+    pruner on (high_watermark 0 prunes everything). The node decides whom to dial;
+    a never-started AutoConnector skips both its periodic task and its on-disconnect
+    redials (``maybe_connect`` returns when not started).
+    """
+
+    async def _never_start() -> None:
+        return None
+
+    host.get_network().auto_connector.start = _never_start
 
 
 def protocol_id(channel: str) -> TProtocol:
@@ -153,6 +168,7 @@ class LibP2PTransport:
             muxer_opt=create_yamux_muxer_option(),
             connection_config=connection_config(),
         )
+        _disable_auto_connector(self.host)
         self.peer_id = self.host.get_id().to_base58()
         self._in_send, self.inbound = trio.open_memory_channel[Inbound](inbound_queue)
         self._queues: dict[tuple[str, str], trio.MemorySendChannel] = {}

@@ -1,0 +1,289 @@
+"""NodeRuntime: one node's trio program — HSM identity, libp2p, PBFT, sqlite, control.
+
+Theory of operation
+-------------------
+``NodeRuntime(home).run(task_status=...)`` opens the node's one nursery and starts, in
+order: the HSM session and the current key (fail closed: no key, no node), the genesis
+member set, sqlite storage and the replica restored from it, the libp2p transport
+(``task_status.started()`` is called only once it listens), the consensus driver, the
+healer that re-dials members until the mesh is whole, the control socket, and the
+Prometheus endpoint. Cancelling the nursery (SIGINT/SIGTERM in ``meshnode start``)
+unwinds them in reverse: the transport closes its host and listener, storage
+checkpoints its WAL, the HSM session is closed.
+
+All protocol logic lives in the pure cores; this module only wires effects to I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from consensus.messages import batch_digest, decode_message
+from consensus.persist import restore
+from consensus.replica import Config, Replica
+from identity.home import IdentityHome
+from identity.libp2p_key import hsm_key_pair
+from identity.pkcs11 import Token
+from node import config as node_config
+from node import genesis
+from node.control import ControlError, ControlServer
+from node.driver import CHANNEL, ConsensusDriver
+from node.metrics import Metrics
+from node.storage import Storage
+from node.transport.host import LibP2PTransport
+
+log = logging.getLogger("meshnode.node")
+
+__all__ = ["NodeRuntime", "decided_value"]
+
+DB_NAME = "data/node.db"
+CERT_DIR = "data/certificates"
+
+
+def decided_value(certificate: bytes) -> bytes:
+    """The audit chain's value digest: the PBFT batch digest inside a certificate."""
+    return batch_digest(decode_message(certificate).batch)
+
+
+@dataclass
+class _Parts:
+    token: Token
+    storage: Storage
+    transport: LibP2PTransport
+    driver: ConsensusDriver
+    genesis: genesis.Genesis
+
+
+class NodeRuntime:
+    """A meshnode process rooted at ``home`` (see ``meshnode init``)."""
+
+    def __init__(self, home: Path, *, env: Mapping[str, str] = os.environ) -> None:
+        self.home = Path(home)
+        self.env = env
+        self.cfg = node_config.load(self.home)
+        self.identity = IdentityHome(self.home)
+        self.parts: _Parts | None = None
+        self.metrics = Metrics()
+
+    # ---- lifecycle ----------------------------------------------------------------
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled; ``task_status.started(info)`` once listening, where
+        ``info`` is :meth:`info`. Raises ConfigError, GenesisError, Pkcs11Error,
+        RecordError at start-up with a one-line reason."""
+        state = self.identity.state()
+        if state.revoked:
+            raise ControlError(f"identity {state.identifier} is revoked; this node cannot run")
+        gen = genesis.verify(self.cfg.path(self.cfg.consensus.genesis).read_bytes())
+        token = Token.open(self.identity.hsm_config(self.env))
+        try:
+            signer = token.signer(self.identity.current_key_label(state))
+            storage = Storage(self.home / DB_NAME, digest_of=decided_value)
+            try:
+                await self._run_parts(token, signer, storage, gen, task_status)
+            finally:
+                storage.close()
+        finally:
+            token.close()
+            log.info("node stopped")
+
+    async def _run_parts(self, token, signer, storage, gen, task_status) -> None:
+        net = self.cfg.network
+        transport = LibP2PTransport(
+            hsm_key_pair(signer), net.listen, [CHANNEL], max_frame_bytes=net.max_frame_bytes,
+            rate_per_s=net.inbound_rate_per_s, burst=net.inbound_burst,
+        )
+        me = transport.peer_id
+        members = gen.members_map()
+        if me not in members:
+            raise ControlError(f"this node ({me}) is not a member of the genesis in "
+                               f"{self.cfg.consensus.genesis}")
+        replica = self._replica(me, members, storage)
+        driver = ConsensusDriver(
+            replica, persist=self._persister(storage),
+            sign_all=lambda datas: [signer.sign(d) for d in datas],
+            send=transport.send, tick_s=self.cfg.consensus.tick_ms / 1000,
+            on_decision=self.metrics.on_decision,
+        )
+        transport.on_drop = self.metrics.on_drop
+        self.parts = _Parts(token, storage, transport, driver, gen)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(transport.run)
+            for m in gen.members:
+                if m.peer_id != me:
+                    transport.add_peer_addrs(m.peer_id, m.addrs)
+            nursery.start_soon(self._pump)
+            await nursery.start(driver.run)
+            nursery.start_soon(self._heal, [m.peer_id for m in gen.members if m.peer_id != me])
+            nursery.start_soon(self._dial_bootstrap)
+            control = ControlServer(self.cfg.path(self.cfg.control.socket), self._handlers())
+            await nursery.start(control.run)
+            if self.cfg.metrics.listen:
+                self.metrics.serve(self.cfg.metrics.listen)
+                nursery.start_soon(self.metrics.collect_forever, self)
+            log.info("node %s up: %d members (f=%d), view %d, last decided %d", me,
+                     replica.members.n, replica.members.f, replica.view, replica.last_executed)
+            task_status.started(self.info())
+            try:
+                await trio.sleep_forever()
+            finally:
+                self.metrics.stop()
+
+    def _replica(self, me: str, members: dict[str, bytes], storage: Storage) -> Replica:
+        c = self.cfg.consensus
+        tick = c.tick_ms
+        cfg = Config(
+            checkpoint_interval=c.checkpoint_interval, window=4 * c.checkpoint_interval,
+            batch_size=c.batch_size, batch_timeout=max(1, c.batch_timeout_ms // tick),
+            view_timeout=max(2, c.view_timeout_ms // tick),
+        )
+        records = storage.records()
+        if not records:
+            return Replica(me, members, config=cfg)
+        log.info("restoring the replica from %d persisted records", len(records))
+        return restore(me, members, records, config=cfg)
+
+    @staticmethod
+    def _persister(storage: Storage):
+        def persist(records) -> None:
+            storage.append_records(records)
+            stable = [r.seq for r in records if r.kind == "stable"]
+            if stable:
+                storage.compact(max(stable))
+        return persist
+
+    async def _pump(self) -> None:
+        parts = self.parts
+        async for msg in parts.transport.inbound:
+            if msg.channel == CHANNEL:
+                parts.driver.on_frame(msg.peer_id, msg.payload)
+
+    async def _heal(self, peers: list[str]) -> None:
+        """Re-dial members that are not connected, with per-peer exponential backoff
+        (0.5 s doubling to 30 s, jittered), for as long as the node runs."""
+        rng = random.Random()
+        backoff = {p: 0.5 for p in peers}
+        due = {p: 0.0 for p in peers}
+        transport = self.parts.transport
+        while True:
+            now = trio.current_time()
+            connected = set(transport.connected_peers())
+            for p in peers:
+                if p in connected:
+                    backoff[p] = 0.5
+                elif now >= due[p]:
+                    due[p] = now + rng.uniform(0.5, 1.0) * backoff[p]
+                    backoff[p] = min(30.0, backoff[p] * 2)
+                    try:
+                        await transport.host.connect(transport.host.get_peerstore().peer_info(
+                            _peer_id_obj(p)))
+                        log.info("connected to member %s", p)
+                    except Exception as exc:  # noqa: BLE001 - any dial failure: retry later
+                        log.debug("dial %s failed: %s", p, exc)
+            await trio.sleep(0.25)
+
+    async def _dial_bootstrap(self) -> None:
+        for addr in self.cfg.network.bootstrap:
+            try:
+                peer = await self.parts.transport.dial(addr)
+                log.info("bootstrap peer %s connected", peer)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("bootstrap %s unreachable: %s", addr, exc)
+
+    # ---- introspection and control ------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        """PeerId, DID, identifier and listen multiaddrs."""
+        parts = self.parts
+        state = self.identity.state()
+        return {"peer_id": parts.transport.peer_id, "did": state.did, "id": state.identifier,
+                "listen": parts.transport.listen_addrs()}
+
+    def status(self) -> dict[str, Any]:
+        p = self.parts
+        r = p.driver.replica
+        return {
+            **self.info(),
+            "peers": p.transport.connected_peers(),
+            "members": list(r.members.ids), "n": r.members.n, "f": r.members.f,
+            "view": r.view, "primary": r.primary(r.view), "in_view_change": r.in_view_change,
+            "last_decided": r.last_executed, "state_digest": r.state.digest().hex(),
+            "chain": p.genesis.chain,
+            "evidence": len(r.evidence),
+            "dropped": {reason: sum(v.values())
+                        for reason, v in p.transport.drop_counts().items()},
+        }
+
+    def _handlers(self):
+        async def status(params):
+            return self.status()
+
+        async def peers(params):
+            t = self.parts.transport
+            return [{"peer_id": p, "member": p in self.parts.driver.replica.members}
+                    for p in t.connected_peers()]
+
+        async def propose(params):
+            op = params.get("op")
+            if type(op) is not bytes or not op:
+                raise ControlError("propose needs a non-empty op (bytes)")
+            started = trio.current_time()
+            decision = await self.parts.driver.propose(op)
+            self.metrics.commit_latency.observe(trio.current_time() - started)
+            path = self._write_certificate(decision.seq)
+            return {"seq": decision.seq, "certificate": str(path)}
+
+        async def decision(params):
+            seq = params.get("seq")
+            cert = self.parts.storage.decided(seq) if type(seq) is int else None
+            if cert is None:
+                raise ControlError(f"no decision at sequence number {seq}")
+            return {"seq": seq, "certificate": cert}
+
+        async def audit(params):
+            entries = self.parts.storage.audit_entries(int(params.get("start", 0)))
+            return {"members": self.parts.genesis.members_map(),
+                    "entries": [[e.seq, e.certificate, e.value_digest, e.prev_hash,
+                                 e.entry_hash] for e in entries]}
+
+        async def wait(params):
+            """Block until ``peers`` members are connected and ``last_decided`` is
+            reached (both optional), or fail after ``timeout_ms`` milliseconds."""
+            peers_wanted = int(params.get("peers", 0))
+            decided_wanted = int(params.get("last_decided", 0))
+            timeout_s = int(params.get("timeout_ms", 30_000)) / 1000
+            with trio.move_on_after(timeout_s):
+                while True:
+                    st = self.status()
+                    members = set(st["members"])
+                    if (len(members.intersection(st["peers"])) >= peers_wanted
+                            and st["last_decided"] >= decided_wanted):
+                        return st
+                    await trio.sleep(0.02)
+            raise ControlError(f"timed out after {timeout_s:g} s waiting for "
+                               f"peers>={peers_wanted}, last_decided>={decided_wanted}")
+
+        return {"status": status, "peers": peers, "propose": propose,
+                "decision": decision, "audit": audit, "wait": wait}
+
+    def _write_certificate(self, seq: int) -> Path:
+        from identity.home import atomic_write
+
+        cert = self.parts.storage.decided(seq)
+        directory = self.home / CERT_DIR
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = directory / f"{seq:012d}.cert"
+        atomic_write(path, cert, mode=0o644)
+        return path
+
+
+def _peer_id_obj(peer_id: str):
+    from libp2p.peer.id import ID
+
+    return ID.from_base58(peer_id)
