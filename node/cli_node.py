@@ -210,7 +210,7 @@ def cmd_testnet(args: argparse.Namespace) -> int:
     from node.testnet import create
 
     out = create(Path(args.out), args.nodes, base_port=args.base_port,
-                 metrics_base_port=args.metrics_base_port, chain=args.chain)
+                 metrics_base_port=args.metrics_base_port, chain=args.chain, ip=args.ip)
     print(f"testnet of {args.nodes} nodes in {out}; start each with:")
     for k in range(1, args.nodes + 1):
         print(f"  meshnode start --home {out / f'node{k}'}")
@@ -294,4 +294,7 @@ def register(sub: argparse._SubParsersAction, add_home) -> None:
     p.add_argument("--metrics-base-port", type=int, default=0, metavar="PORT",
                    help="node k serves metrics on PORT+k-1 (default: metrics off)")
     p.add_argument("--chain", default="testnet", help="chain name in the genesis")
+    p.add_argument("--ip", default="127.0.0.1", metavar="TEMPLATE",
+                   help="listen IPv4 address; {k} is replaced by the node number "
+                        "(e.g. 10.199.0.{k} with one network namespace per node)")
     p.set_defaults(func=cmd_testnet)

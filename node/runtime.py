@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,6 +219,9 @@ class NodeRuntime:
             "evidence": len(r.evidence),
             "dropped": {reason: sum(v.values())
                         for reason, v in p.transport.drop_counts().items()},
+            "undecodable": sum(p.driver.decode_drops.values()),
+            "refused": dict(sorted(sum((Counter(v) for v in r.drops.values()),
+                                       Counter()).items())),
         }
 
     def _handlers(self):

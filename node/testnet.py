@@ -36,8 +36,11 @@ def _meshnode(*args: str) -> str:
 
 
 def create(out: Path, nodes: int, *, base_port: int = 4101, metrics_base_port: int = 0,
-           chain: str = "testnet", now: float | None = None) -> Path:
+           chain: str = "testnet", ip: str = "127.0.0.1", now: float | None = None) -> Path:
     """Create the testnet under ``out`` (must not exist or be empty); returns ``out``.
+
+    Node k (1-based) listens on ``/ip4/<ip>/tcp/<base_port + k - 1>`` where ``{k}`` in
+    ``ip`` is replaced by k (e.g. ``10.199.0.{k}`` for one network namespace per node).
 
     Raises TestnetError when a node cannot be enrolled or sign, ValueError for bad
     arguments (``nodes`` >= 1, ports in 1..65535).
@@ -53,7 +56,7 @@ def create(out: Path, nodes: int, *, base_port: int = 4101, metrics_base_port: i
     homes = [out / f"node{k}" for k in range(1, nodes + 1)]
     infos = [json.loads(_meshnode("identity", "enroll", "--home", str(h), "--json"))
              for h in homes]
-    addrs = [f"/ip4/127.0.0.1/tcp/{base_port + k}" for k in range(nodes)]
+    addrs = [f"/ip4/{ip.replace('{k}', str(k + 1))}/tcp/{base_port + k}" for k in range(nodes)]
     members = [genesis.member_from_kel([e.to_bytes() for e in IdentityHome(h).events()], [a])
                for h, a in zip(homes, addrs, strict=True)]
     body = genesis.build_body(chain, int(time.time() if now is None else now), members)

@@ -1,0 +1,419 @@
+"""The Kademlia node core: routing table, lookups, refresh and record store (pure).
+
+Theory of operation
+-------------------
+:class:`DhtNode` is the one state machine both drivers run (ARCHITECTURE.md sections 1
+and 3): the node's trio shell over libp2p streams on ``/ipfs/kad/1.0.0``, and the
+simulator over its modelled network. It never does I/O, reads no clock and draws
+randomness only from the injected ``random.Random``; ``now`` (seconds, float, the
+driver's clock) comes with every input.
+
+Inputs:
+* :meth:`DhtNode.on_request` -- an inbound request from ``sender`` (already decoded by
+  :mod:`node.dht.wire`); returns the :class:`~node.dht.handler.Handled` answer to write
+  back on the same stream. The sender is recorded in the routing table when it is a DHT
+  server (the driver knows from identify/protocol negotiation; default True).
+* :meth:`DhtNode.on_response` / :meth:`DhtNode.on_failure` -- the answer to, or failure
+  of, an outbound request named by its ``request_id``. Unknown ids (late answers after a
+  timeout) are ignored. An answer of the wrong type counts as a failure.
+* :meth:`DhtNode.tick` -- time passes: requests older than ``request_timeout`` fail,
+  due buckets start a refresh lookup, expired records are dropped.
+* Commands: :meth:`bootstrap`, :meth:`find_node`, :meth:`get_value`,
+  :meth:`put_value` each start a query and return its id.
+
+Outputs: :meth:`ready` returns a :class:`Ready` with the requests to send (each
+request's peer carries the multiaddrs learnt for it, so the driver can dial) and the
+queries that finished; :meth:`advance` acknowledges them (etcd-raft's Ready/Advance).
+
+Routing-table upkeep: a peer that answers is ``update``d; a full bucket asks for a PING
+of its least-recently seen contact, which this core sends itself and feeds back with
+``ping_result`` (Kademlia paper section 2.2); a peer whose request fails is removed
+(its bucket's replacement cache refills the slot). Bucket refresh is staggered by the
+routing table; :meth:`bootstrap` runs one lookup for the local key (paper section 2.3).
+FIND_NODE carries the *preimage* of the target (a PeerId, a record key, or random bytes
+for a refresh) because responders hash it (libp2p/specs kad-dht "Distance").
+
+Queries: FIND_NODE lookups (:class:`~node.dht.lookup.Lookup`); GET_VALUE lookups
+(:class:`~node.dht.lookup.ValueLookup`, answered from the local store when it holds the
+key and ``quorum == 1``, with PUT_VALUE entry correction to outdated peers); PUT_VALUE
+stores locally, looks up the ``k`` closest peers, then sends each the record and
+finishes when all answered or failed. The PUT_VALUE lookup asks GET_VALUE (whose
+answers carry ``closerPeers`` for any key, spec "RPC messages") rather than FIND_NODE
+with the record key as go-libp2p-kad-dht does: py-libp2p 0.8.1 resets a FIND_NODE whose
+key is neither a multihash nor 2..50 bytes, and ``/meshnode-id/<PeerId>`` is 51 bytes.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from node.dht.handler import Handled, handle_request
+from node.dht.keys import kad_key
+from node.dht.lookup import ALPHA, Lookup, LookupStats, ValueLookup
+from node.dht.messages import Message, MessageType, PeerInfo, Record
+from node.dht.record_store import RecordInvalid, RecordStore, Validator
+from node.dht.routing_table import K, RoutingTable
+
+__all__ = ["DhtConfig", "DhtNode", "OutboundRequest", "QueryResult", "Ready"]
+
+
+@dataclass(frozen=True, slots=True)
+class DhtConfig:
+    """Tunables. Times are seconds on the driver's clock."""
+
+    k: int = K
+    alpha: int = ALPHA
+    request_timeout: float = 10.0
+    refresh_interval: float = 600.0
+    max_records: int = 10_000
+    record_max_age: float = 36 * 3600.0
+    bootstrap_rounds: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundRequest:
+    """Send ``message`` to ``peer`` (PeerId + known multiaddrs); report the answer or
+    failure with :meth:`DhtNode.on_response` / :meth:`DhtNode.on_failure`."""
+
+    request_id: int
+    peer: PeerInfo
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class QueryResult:
+    """A finished query. ``kind``: "find_node", "get_value" or "put_value";
+    ``target``: the 32-byte Kademlia key looked up; ``closest``: peers that answered,
+    nearest first; ``value``: best record value for get_value (None if not found);
+    ``stored``: peers that acknowledged a put_value; ``stats``: lookup counters."""
+
+    query_id: int
+    kind: str
+    target: bytes
+    closest: tuple[PeerInfo, ...]
+    value: bytes | None = None
+    stored: int = 0
+    stats: LookupStats | None = None
+
+
+@dataclass(slots=True)
+class Ready:
+    """Effects for the driver: requests to send, queries finished."""
+
+    requests: list[OutboundRequest] = field(default_factory=list)
+    finished: list[QueryResult] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Query:
+    query_id: int
+    kind: str
+    lookup: Lookup
+    wire_key: bytes  # FIND_NODE / GET_VALUE key: the preimage of lookup.target_key
+    key: bytes = b""  # record key for get/put
+    value: bytes = b""  # value for put
+    refresh_bucket: int | None = None
+    put_pending: set[bytes] | None = None  # put phase 2: peers not yet answered
+    stored: int = 0
+    rounds_left: int = 0  # further self-lookups of a bootstrap
+
+
+@dataclass(slots=True)
+class _Pending:
+    peer: PeerInfo
+    query_id: int | None  # None: liveness ping or entry correction
+    expected: MessageType
+    deadline: float
+
+
+class DhtNode:
+    """Pure Kademlia node (see the module docstring). ``local``: own PeerId and listen
+    multiaddrs; ``validator`` checks records for every namespace served."""
+
+    def __init__(
+        self,
+        local: PeerInfo,
+        *,
+        validator: Validator,
+        rng: random.Random,
+        now: float = 0.0,
+        config: DhtConfig | None = None,
+    ) -> None:
+        self.config = config or DhtConfig()
+        self.local = local
+        self.table = RoutingTable(
+            local.peer_id, rng=rng, now=now, k=self.config.k,
+            refresh_interval=self.config.refresh_interval,
+            ping_timeout=self.config.request_timeout,
+        )
+        self.store = RecordStore(
+            validator, max_records=self.config.max_records, max_age=self.config.record_max_age
+        )
+        self.validator = validator
+        self.counters: Counter[str] = Counter()
+        self._queries: dict[int, _Query] = {}
+        self._pending: dict[int, _Pending] = {}
+        self._ready = Ready()
+        self._next_id = 1
+        self._refreshing: set[int] = set()
+        self._next_expiry = now
+
+    # -- commands --------------------------------------------------------------------
+
+    def bootstrap(self, peers: Iterable[PeerInfo], *, now: float) -> int:
+        """Join through ``peers`` (e.g. bootstrap multiaddrs, mDNS finds): a lookup for
+        the local key seeded with them and the table's closest, repeated
+        ``config.bootstrap_rounds`` times (the second round lets peers that joined
+        together find each other). Returns the query id; its result is the last
+        round's. Call it again (with backoff) when the result is empty."""
+        seeds = [p for p in peers if p.peer_id != self.local.peer_id]
+        qid = self._start("find_node", self.local.peer_id, now, extra_seeds=seeds,
+                          rounds=self.config.bootstrap_rounds)
+        return qid
+
+    def find_node(self, peer_id: bytes, *, now: float) -> int:
+        """Look up the ``k`` peers closest to ``sha256(peer_id)`` (a binary PeerId; other
+        implementations may refuse FIND_NODE keys that are not multihashes)."""
+        return self._start("find_node", bytes(peer_id), now)
+
+    def get_value(self, key: bytes, *, now: float, quorum: int = 1) -> int:
+        """Find the best valid value for record ``key`` (local store first)."""
+        stored = self.store.get(key, now=now)
+        qid = self._new_id()
+        seeds = self._seeds(kad_key(key))
+        lookup = ValueLookup(key, seeds, validator=self.validator, quorum=quorum,
+                             k=self.config.k, alpha=self.config.alpha,
+                             local_peer_id=self.local.peer_id)
+        query = _Query(qid, "get_value", lookup, wire_key=key, key=key)
+        self._queries[qid] = query
+        if stored is not None:
+            lookup.on_local_value(stored.value)
+        self._pump(query, now)
+        return qid
+
+    def put_value(self, key: bytes, value: bytes, *, now: float) -> int:
+        """Validate and store ``value`` locally, then on the ``k`` closest peers.
+        Raises RecordInvalid when the local validator refuses it or the local store
+        already holds a better value for ``key`` (publishing it would be a regression)."""
+        if not self.store.put(key, value, now=now):
+            raise RecordInvalid("the local store holds a better value for this key")
+        return self._start("put_value", key, now, key=key, value=value)
+
+    # -- inputs ----------------------------------------------------------------------
+
+    def on_request(
+        self, sender: PeerInfo, msg: Message, *, now: float, sender_is_server: bool = True
+    ) -> Handled:
+        """Answer an inbound request (never raises on remote input)."""
+        self.counters[f"in_{msg.type.name.lower()}"] += 1
+        if sender_is_server:
+            self._seen(sender, now)
+        handled = handle_request(msg, requester=sender.peer_id, table=self.table,
+                                 store=self.store, local=self.local, now=now)
+        if handled.rejected is not None:
+            self.counters["rejected"] += 1
+        return handled
+
+    def on_response(self, request_id: int, msg: Message, *, now: float) -> None:
+        """The answer to request ``request_id`` arrived (decoded)."""
+        pending = self._pending.pop(request_id, None)
+        if pending is None:
+            self.counters["late_or_unknown_response"] += 1
+            return
+        if msg.type is not pending.expected:
+            self.counters["wrong_response_type"] += 1
+            self._fail(pending, now)
+            return
+        self._seen(pending.peer, now)
+        if pending.expected is MessageType.PING and pending.query_id is None:
+            self.table.ping_result(pending.peer.peer_id, True, now=now)
+            return
+        query = self._queries.get(pending.query_id) if pending.query_id is not None else None
+        if query is None:
+            return
+        peer_id = pending.peer.peer_id
+        if query.put_pending is not None:
+            if pending.expected is MessageType.PUT_VALUE and peer_id in query.put_pending:
+                query.put_pending.discard(peer_id)
+                query.stored += 1
+        elif isinstance(query.lookup, ValueLookup):
+            query.lookup.on_value_response(peer_id, msg.closer_peers, msg.record)
+        else:
+            query.lookup.on_response(peer_id, msg.closer_peers)
+        self._pump(query, now)
+
+    def on_failure(self, request_id: int, *, now: float) -> None:
+        """Request ``request_id`` failed (dial error, stream reset, malformed answer)."""
+        pending = self._pending.pop(request_id, None)
+        if pending is not None:
+            self._fail(pending, now)
+
+    def tick(self, now: float) -> None:
+        """Time advanced to ``now``: time out requests, start due bucket refreshes,
+        expire records."""
+        expired = sorted(rid for rid, p in self._pending.items() if p.deadline <= now)
+        for rid in expired:
+            self.counters["timeouts"] += 1
+            self._fail(self._pending.pop(rid), now)
+        for index in self.table.due_refreshes(now):
+            self.table.mark_refreshed(index, now=now)
+            if index not in self._refreshing:
+                self._refreshing.add(index)
+                preimage = self.table.random_preimage_in_bucket(index)
+                self._start("find_node", preimage, now, refresh_bucket=index)
+        if now >= self._next_expiry:  # a full scan at most once a minute
+            self.store.expire(now=now)
+            self._next_expiry = now + 60.0
+
+    # -- outputs ---------------------------------------------------------------------
+
+    def ready(self) -> Ready:
+        """Effects not yet acknowledged (a copy)."""
+        return Ready(list(self._ready.requests), list(self._ready.finished))
+
+    def advance(self, ready: Ready) -> None:
+        """Acknowledge the effects returned by :meth:`ready`."""
+        del self._ready.requests[: len(ready.requests)]
+        del self._ready.finished[: len(ready.finished)]
+
+    def has_ready(self) -> bool:
+        """True when :meth:`ready` has something to carry out."""
+        return bool(self._ready.requests or self._ready.finished)
+
+    def query_running(self, query_id: int) -> bool:
+        """True while query ``query_id`` has not finished."""
+        return query_id in self._queries
+
+    # -- internals -------------------------------------------------------------------
+
+    def _new_id(self) -> int:
+        rid = self._next_id
+        self._next_id += 1
+        return rid
+
+    def _seeds(self, target: bytes) -> list[PeerInfo]:
+        return [PeerInfo(c.peer_id, c.addrs) for c in self.table.closest(target, self.config.k)]
+
+    def _start(self, kind: str, wire_key: bytes, now: float, *,
+               extra_seeds: Iterable[PeerInfo] = (), key: bytes = b"", value: bytes = b"",
+               refresh_bucket: int | None = None, rounds: int = 1) -> int:
+        qid = self._new_id()
+        target = kad_key(wire_key)
+        lookup = Lookup(target, [*extra_seeds, *self._seeds(target)], k=self.config.k,
+                        alpha=self.config.alpha, local_peer_id=self.local.peer_id)
+        query = _Query(qid, kind, lookup, wire_key, key=key, value=value,
+                       refresh_bucket=refresh_bucket, rounds_left=max(rounds, 1) - 1)
+        self._queries[qid] = query
+        self._pump(query, now)
+        return qid
+
+    def _send(self, peer: PeerInfo, msg: Message, query_id: int | None, now: float) -> None:
+        rid = self._new_id()
+        deadline = now + self.config.request_timeout
+        self._pending[rid] = _Pending(peer, query_id, msg.type, deadline)
+        self._ready.requests.append(OutboundRequest(rid, peer, msg))
+        self.counters[f"out_{msg.type.name.lower()}"] += 1
+
+    def _request_for(self, query: _Query) -> Message:
+        kind = MessageType.FIND_NODE if query.kind == "find_node" else MessageType.GET_VALUE
+        return Message(kind, key=query.wire_key)
+
+    def _pump(self, query: _Query, now: float) -> None:
+        if query.put_pending is not None:
+            if not query.put_pending:
+                self._finish(query, now)
+            return
+        for peer in query.lookup.next_queries():
+            self._send(peer, self._request_for(query), query.query_id, now)
+        if query.lookup.finished:
+            if query.kind == "put_value":
+                self._start_put_phase(query, now)
+            elif query.rounds_left > 0:
+                self._next_round(query, now)
+            else:
+                self._finish(query, now)
+
+    def _next_round(self, query: _Query, now: float) -> None:
+        # Another self-lookup, seeded with what the last round found plus the table
+        # (which the last round and inbound requests filled): peers that joined at the
+        # same time now know each other.
+        query.rounds_left -= 1
+        previous = query.lookup
+        query.lookup = Lookup(
+            previous.target_key, [*previous.closest(), *self._seeds(previous.target_key)],
+            k=self.config.k, alpha=self.config.alpha, local_peer_id=self.local.peer_id,
+        )
+        self._pump(query, now)
+
+    def _start_put_phase(self, query: _Query, now: float) -> None:
+        targets = query.lookup.closest()
+        query.put_pending = {p.peer_id for p in targets}
+        record = Record(query.key, query.value)
+        for peer in targets:
+            msg = Message(MessageType.PUT_VALUE, key=query.key, record=record)
+            self._send(peer, msg, query.query_id, now)
+        self._pump(query, now)
+
+    def _finish(self, query: _Query, now: float) -> None:
+        del self._queries[query.query_id]
+        lookup = query.lookup
+        value = None
+        if isinstance(lookup, ValueLookup):
+            value = lookup.best
+            if value is not None:
+                self._correct_outdated(query.key, value, lookup.outdated, now)
+                self._keep_best_locally(query.key, value, now)
+        if query.refresh_bucket is not None:
+            self._refreshing.discard(query.refresh_bucket)
+        elif lookup.target_key != self.table.local_key:
+            try:
+                self.table.mark_refreshed(self.table.bucket_index(lookup.target_key), now=now)
+            except ValueError:
+                pass
+        self._ready.finished.append(QueryResult(
+            query.query_id, query.kind, lookup.target_key, tuple(lookup.closest()),
+            value=value, stored=query.stored, stats=lookup.stats(),
+        ))
+
+    def _correct_outdated(self, key: bytes, value: bytes, outdated: list[bytes], now: float):
+        for peer_id in sorted(set(outdated)):
+            contact = self.table.get(peer_id)
+            peer = PeerInfo(peer_id, contact.addrs if contact else ())
+            msg = Message(MessageType.PUT_VALUE, key=key, record=Record(key, value))
+            self._send(peer, msg, None, now)
+
+    def _keep_best_locally(self, key: bytes, value: bytes, now: float) -> None:
+        stored = self.store.get(key, now=now)
+        if stored is not None and stored.value != value:
+            try:
+                self.store.put(key, value, now=now)
+            except RecordInvalid:
+                self.counters["local_store_refused"] += 1
+
+    def _seen(self, peer: PeerInfo, now: float) -> None:
+        result = self.table.update(peer.peer_id, peer.addrs, now=now)
+        if result.ping is not None:
+            contact = self.table.get(result.ping)
+            addrs = contact.addrs if contact is not None else ()
+            self._send(PeerInfo(result.ping, addrs), Message(MessageType.PING), None, now)
+
+    def _fail(self, pending: _Pending, now: float) -> None:
+        self.counters["failures"] += 1
+        peer_id = pending.peer.peer_id
+        if pending.expected is MessageType.PING and pending.query_id is None:
+            self.table.ping_result(peer_id, False, now=now)
+            return
+        self.table.remove(peer_id)
+        query = self._queries.get(pending.query_id) if pending.query_id is not None else None
+        if query is None:
+            return
+        if query.put_pending is not None:
+            if pending.expected is MessageType.PUT_VALUE:
+                query.put_pending.discard(peer_id)
+        else:
+            query.lookup.on_failure(peer_id)
+        self._pump(query, now)
+

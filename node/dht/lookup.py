@@ -1,0 +1,310 @@
+"""Iterative Kademlia lookups as pure state machines (FIND_NODE and GET_VALUE).
+
+Theory of operation
+-------------------
+Kademlia paper section 2.3 and libp2p/specs kad-dht/README.md "Peer routing": a lookup
+for a 32-byte ``target_key`` keeps every peer it has heard of, sorted by XOR distance
+to the target, each in one state: CANDIDATE (not yet asked), WAITING (request in
+flight), SUCCEEDED (answered) or FAILED (error or timeout; never asked again).
+
+* The driver calls :meth:`Lookup.next_queries` to get the peers to ask now: unasked
+  peers among the ``k`` closest non-failed ones, nearest first, while fewer than
+  ``alpha`` requests are in flight. It sends FIND_NODE (or GET_VALUE) to each.
+* :meth:`Lookup.on_response` feeds a peer's ``closerPeers``: new peers become
+  candidates (the local peer, empty or over-long PeerIds and peers beyond
+  ``max_peers_per_response`` are ignored).
+  :meth:`Lookup.on_failure` marks an error or timeout (timeouts are the driver's
+  clock, so this class never reads time). Answers from peers not in flight are ignored.
+* It is :attr:`Lookup.finished` when the ``k`` closest non-failed peers it has seen
+  have all answered (the paper's and the spec's termination rule), which includes the
+  case of fewer than ``k`` reachable peers, or when :meth:`Lookup.cancel` was called.
+  :meth:`Lookup.closest` then gives the ``k`` closest peers that answered.
+
+:class:`ValueLookup` (spec "Getting values") also takes the record each peer returns:
+values are checked with a validator (:class:`node.dht.record_store.Validator`), the best
+is kept with ``select``, peers that returned worse values are collected for entry
+correction, and the lookup finishes early once ``quorum`` valid values arrived.
+
+Hop counting (for benchmarks): seeds are hop 0; a peer first learnt from a hop-h peer
+is hop h + 1 (the minimum over all reports).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from node.dht.keys import kad_key, key_to_int
+from node.dht.messages import PeerInfo, Record
+from node.dht.record_store import RecordInvalid, Validator
+from node.dht.routing_table import K
+
+__all__ = ["ALPHA", "MAX_PEER_ID_BYTES", "Lookup", "LookupStats", "PeerState", "ValueLookup"]
+
+#: Concurrency of one lookup (libp2p/specs kad-dht "Alpha concurrency parameter").
+ALPHA = 3
+#: Longest PeerId accepted from a response (an Ed25519 PeerId is 38 bytes; RSA ones
+#: are sha2-256 multihashes, 34 bytes); empty or longer ids are ignored.
+MAX_PEER_ID_BYTES = 128
+
+
+class PeerState(Enum):
+    """State of one peer within a lookup."""
+
+    CANDIDATE = "candidate"
+    WAITING = "waiting"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@dataclass(slots=True)
+class _Entry:
+    info: PeerInfo
+    distance: int
+    state: PeerState
+    hop: int
+
+
+@dataclass(frozen=True, slots=True)
+class LookupStats:
+    """Counters of one lookup: requests sent, answered and failed; ``hops`` is the
+    largest hop number among the final closest peers (0 when they were all seeds)."""
+
+    queries: int
+    responses: int
+    failures: int
+    hops: int
+
+
+class Lookup:
+    """Iterative node lookup for a 32-byte ``target_key`` (see the module docstring).
+
+    ``seeds``: initial peers (usually the routing table's closest); ``local_peer_id``
+    is never queried. Raises ValueError for a bad key length, ``k < 1`` or ``alpha < 1``.
+    """
+
+    def __init__(
+        self,
+        target_key: bytes,
+        seeds: Iterable[PeerInfo],
+        *,
+        k: int = K,
+        alpha: int = ALPHA,
+        local_peer_id: bytes | None = None,
+        max_peers_per_response: int | None = None,
+    ) -> None:
+        if k < 1 or alpha < 1:
+            raise ValueError("k and alpha must be at least 1")
+        self.target_key = bytes(target_key)
+        self._target = key_to_int(self.target_key)
+        self.k = k
+        self.alpha = alpha
+        self.local_peer_id = local_peer_id
+        self.max_peers_per_response = 2 * k if max_peers_per_response is None else (
+            max_peers_per_response
+        )
+        self._entries: dict[bytes, _Entry] = {}
+        self._order: list[tuple[int, bytes]] = []  # (distance, peer_id), sorted
+        self._in_flight = 0
+        self._queries = self._responses = self._failures = 0
+        self._cancelled = False
+        for seed in seeds:
+            self._add(seed, hop=0)
+
+    # -- driver inputs ---------------------------------------------------------------
+
+    def next_queries(self) -> list[PeerInfo]:
+        """Peers to send a request to now (marked WAITING), nearest first; empty when
+        ``alpha`` requests are in flight, nothing is left to ask, or finished."""
+        if self._cancelled:
+            return []
+        chosen: list[PeerInfo] = []
+        for entry in self._k_closest_live():
+            if self._in_flight >= self.alpha:
+                break
+            if entry.state is PeerState.CANDIDATE:
+                entry.state = PeerState.WAITING
+                self._in_flight += 1
+                self._queries += 1
+                chosen.append(entry.info)
+        return chosen
+
+    def on_response(self, peer_id: bytes, closer_peers: Sequence[PeerInfo]) -> None:
+        """``peer_id`` answered with ``closer_peers``. Ignored unless it was in flight."""
+        entry = self._take_in_flight(peer_id)
+        if entry is None:
+            return
+        entry.state = PeerState.SUCCEEDED
+        self._responses += 1
+        for info in closer_peers[: self.max_peers_per_response]:
+            self._add(info, hop=entry.hop + 1)
+
+    def on_failure(self, peer_id: bytes) -> None:
+        """The request to ``peer_id`` failed or timed out. Ignored unless in flight."""
+        entry = self._take_in_flight(peer_id)
+        if entry is None:
+            return
+        entry.state = PeerState.FAILED
+        self._failures += 1
+
+    def cancel(self) -> None:
+        """Stop the lookup: no more queries; :attr:`finished` becomes True."""
+        self._cancelled = True
+
+    # -- outputs ---------------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        """True when the k closest non-failed peers seen have all answered, or cancelled."""
+        if self._cancelled:
+            return True
+        return all(e.state is PeerState.SUCCEEDED for e in self._k_closest_live())
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent and not yet answered or failed."""
+        return self._in_flight
+
+    def waiting(self) -> list[bytes]:
+        """PeerIds with a request in flight (the driver times these out), nearest first."""
+        return [pid for _, pid in self._order if self._entries[pid].state is PeerState.WAITING]
+
+    def state_of(self, peer_id: bytes) -> PeerState | None:
+        """The state of ``peer_id`` in this lookup, or None if never seen."""
+        entry = self._entries.get(peer_id)
+        return None if entry is None else entry.state
+
+    def closest(self) -> list[PeerInfo]:
+        """Up to ``k`` peers that answered, nearest to the target first."""
+        out = []
+        for _, pid in self._order:
+            entry = self._entries[pid]
+            if entry.state is PeerState.SUCCEEDED:
+                out.append(entry.info)
+                if len(out) == self.k:
+                    break
+        return out
+
+    def stats(self) -> LookupStats:
+        """Counters so far (see :class:`LookupStats`)."""
+        hops = [self._entries[p.peer_id].hop for p in self.closest()]
+        return LookupStats(self._queries, self._responses, self._failures, max(hops, default=0))
+
+    # -- internals -------------------------------------------------------------------
+
+    def _add(self, info: PeerInfo, *, hop: int) -> None:
+        pid = info.peer_id
+        if pid == self.local_peer_id or not 0 < len(pid) <= MAX_PEER_ID_BYTES:
+            return
+        known = self._entries.get(pid)
+        if known is not None:
+            known.hop = min(known.hop, hop)
+            return
+        distance = key_to_int(kad_key(pid)) ^ self._target
+        self._entries[pid] = _Entry(info, distance, PeerState.CANDIDATE, hop)
+        bisect.insort(self._order, (distance, pid))
+
+    def _k_closest_live(self) -> list[_Entry]:
+        out: list[_Entry] = []
+        for _, pid in self._order:
+            entry = self._entries[pid]
+            if entry.state is not PeerState.FAILED:
+                out.append(entry)
+                if len(out) == self.k:
+                    break
+        return out
+
+    def _take_in_flight(self, peer_id: bytes) -> _Entry | None:
+        entry = self._entries.get(peer_id)
+        if entry is None or entry.state is not PeerState.WAITING:
+            return None
+        self._in_flight -= 1
+        return entry
+
+
+class ValueLookup(Lookup):
+    """GET_VALUE lookup for record key ``key`` (target ``sha256(key)``).
+
+    Finishes early once ``quorum`` (>= 1) peers returned a valid value; ``validator``
+    checks and ranks values. :attr:`best` is the best valid value (or None),
+    :attr:`outdated` the peers that returned a worse or stale value (to be sent
+    PUT_VALUE(best), spec "Entry correction"). Invalid values count as a plain answer
+    and are tallied in :attr:`invalid`."""
+
+    def __init__(
+        self,
+        key: bytes,
+        seeds: Iterable[PeerInfo],
+        *,
+        validator: Validator,
+        quorum: int = 1,
+        **kwargs: object,
+    ) -> None:
+        super().__init__(kad_key(key), seeds, **kwargs)  # type: ignore[arg-type]
+        if quorum < 1:
+            raise ValueError("quorum must be at least 1")
+        self.key = bytes(key)
+        self.quorum = quorum
+        self._validator = validator
+        self.best: bytes | None = None
+        self._best_peers: list[bytes] = []
+        self.outdated: list[bytes] = []
+        self.values_received = 0
+        self.invalid = 0
+
+    def on_local_value(self, value: bytes) -> None:
+        """The local record store holds ``value``: it counts towards the quorum (spec
+        "Getting values"); with ``quorum == 1`` the lookup finishes at once."""
+        try:
+            self._validator.validate(self.key, value)
+        except RecordInvalid:
+            self.invalid += 1
+            return
+        self.values_received += 1
+        self._consider(None, value)
+        if self.values_received >= self.quorum:
+            self.cancel()
+
+    def on_value_response(
+        self, peer_id: bytes, closer_peers: Sequence[PeerInfo], record: Record | None
+    ) -> None:
+        """``peer_id`` answered GET_VALUE with ``record`` (or None) and closer peers."""
+        if self.state_of(peer_id) is not PeerState.WAITING:
+            return
+        self.on_response(peer_id, closer_peers)
+        if record is None or record.key != self.key:
+            return
+        try:
+            self._validator.validate(self.key, record.value)
+        except RecordInvalid:
+            self.invalid += 1
+            return
+        self.values_received += 1
+        self._consider(peer_id, record.value)
+        if self.values_received >= self.quorum:
+            self.cancel()
+
+    def _consider(self, peer_id: bytes | None, value: bytes) -> None:
+        # peer_id None is the local store: never listed in best_peers or outdated
+        if self.best is None or value == self.best:
+            self.best = value
+            if peer_id is not None:
+                self._best_peers.append(peer_id)
+            return
+        try:
+            winner = self._validator.select(self.key, [self.best, value])
+        except RecordInvalid:
+            winner = 0
+        if winner == 1:
+            self.outdated.extend(self._best_peers)
+            self.best = value
+            self._best_peers = [peer_id]
+        elif peer_id is not None:
+            self.outdated.append(peer_id)
+
+    @property
+    def best_peers(self) -> list[bytes]:
+        """PeerIds that returned :attr:`best`, in answer order."""
+        return list(self._best_peers)

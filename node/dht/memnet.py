@@ -1,0 +1,158 @@
+"""A minimal in-memory driver for :class:`~node.dht.core.DhtNode` (pure; tests, benchmarks).
+
+Theory of operation
+-------------------
+A seeded discrete-event loop, the smallest honest version of what ``sim/`` does: every
+request and response is encoded with :mod:`node.dht.wire` and decoded at the receiver,
+each hop takes ``latency`` virtual seconds, dead peers never answer (their requests
+time out through :meth:`DhtNode.tick`), and a refused request (the handler returned no
+response) fails at once, as a stream reset would. Events at the same instant run in
+the order they were scheduled, so a run is a pure function of its inputs and seed.
+It is not the simulator: there is no loss, CPU model or adversary here.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from node.dht.core import DhtConfig, DhtNode, OutboundRequest, QueryResult
+from node.dht.messages import PeerInfo
+from node.dht.record_store import Validator
+from node.dht.wire import WireError, decode_message, encode_message
+
+__all__ = ["MemNet"]
+
+
+@dataclass(order=True, slots=True)
+class _Event:
+    at: float
+    seq: int
+    action: Callable[[], None]
+
+
+class MemNet:
+    """Nodes keyed by binary PeerId, connected by a fixed-latency lossless network."""
+
+    def __init__(
+        self,
+        *,
+        seed: int,
+        validator: Validator,
+        latency: float = 0.01,
+        tick_every: float = 1.0,
+        config: DhtConfig | None = None,
+    ) -> None:
+        self.rng = random.Random(seed)
+        self.validator = validator
+        self.latency = latency
+        self.tick_every = tick_every
+        self.config = config
+        self.now = 0.0
+        self.nodes: dict[bytes, DhtNode] = {}
+        self.dead: set[bytes] = set()
+        self.results: dict[tuple[bytes, int], QueryResult] = {}
+        self.messages = 0
+        self._events: list[_Event] = []
+        self._seq = 0
+        self._next_tick = 0.0
+        self._dirty: set[bytes] = set()  # nodes that may have effects to carry out
+
+    def add_node(self, peer_id: bytes, addrs: Iterable[bytes] = ()) -> DhtNode:
+        """Create a node for ``peer_id`` with its own rng drawn from the net's rng."""
+        node = DhtNode(PeerInfo(peer_id, tuple(addrs)), validator=self.validator,
+                       rng=random.Random(self.rng.getrandbits(64)), now=self.now,
+                       config=self.config)
+        self.nodes[peer_id] = node
+        return node
+
+    def schedule(self, delay: float, action: Callable[[], None]) -> None:
+        """Run ``action`` ``delay`` seconds from now."""
+        self._seq += 1
+        heapq.heappush(self._events, _Event(self.now + delay, self._seq, action))
+
+    def run_until(self, done: Callable[[], bool], *, limit: float = 3600.0) -> None:
+        """Process events (and 1-second ticks) until ``done()`` or ``limit`` seconds."""
+        while not done():
+            self._flush()
+            if done():
+                return
+            next_event = self._events[0].at if self._events else float("inf")
+            if self._next_tick <= next_event:
+                self.now = self._next_tick
+                self._next_tick += self.tick_every
+                for peer_id in sorted(self.nodes):
+                    if peer_id not in self.dead:
+                        node = self.nodes[peer_id]
+                        node.tick(self.now)
+                        if node.has_ready():
+                            self._dirty.add(peer_id)
+            else:
+                event = heapq.heappop(self._events)
+                self.now = event.at
+                event.action()
+            if self.now > limit:
+                raise TimeoutError(f"not done after {limit} virtual seconds")
+
+    def start_query(self, peer_id: bytes, start: Callable[[DhtNode], int]) -> int:
+        """Start a query on ``peer_id`` with ``start(node)`` (not run yet); its result
+        appears in :attr:`results` under ``(peer_id, query id)``."""
+        qid = start(self.nodes[peer_id])
+        self._dirty.add(peer_id)
+        return qid
+
+    def run_query(self, peer_id: bytes, start: Callable[[DhtNode], int]) -> QueryResult:
+        """Start a query on ``peer_id`` with ``start(node)`` and run until it finishes."""
+        qid = self.start_query(peer_id, start)
+        self.run_until(lambda: (peer_id, qid) in self.results)
+        return self.results[(peer_id, qid)]
+
+    def _flush(self) -> None:
+        dirty, self._dirty = sorted(self._dirty), set()
+        for peer_id in dirty:
+            node = self.nodes[peer_id]
+            if not node.has_ready():
+                continue
+            ready = node.ready()
+            node.advance(ready)
+            for result in ready.finished:
+                self.results[(peer_id, result.query_id)] = result
+            for request in ready.requests:
+                self.messages += 1
+                wire = encode_message(request.message)
+                self.schedule(self.latency, self._deliver_fn(peer_id, request, wire))
+
+    def _deliver_fn(self, origin: bytes, request: OutboundRequest, wire: bytes):
+        def deliver() -> None:
+            target = self.nodes.get(request.peer.peer_id)
+            if target is None or request.peer.peer_id in self.dead:
+                return  # silence: the origin's tick times the request out
+            sender = self.nodes[origin].local
+            handled = target.on_request(sender, decode_message(wire), now=self.now)
+            self._dirty.add(request.peer.peer_id)
+            source = self.nodes[origin]
+            if handled.response is None:
+                def refused() -> None:
+                    source.on_failure(request.request_id, now=self.now)
+                    self._dirty.add(origin)
+
+                self.schedule(self.latency, refused)
+                return
+            reply = encode_message(handled.response)
+
+            def respond() -> None:
+                if origin in self.dead:
+                    return
+                self._dirty.add(origin)
+                try:
+                    msg = decode_message(reply)
+                except WireError:
+                    source.on_failure(request.request_id, now=self.now)
+                    return
+                source.on_response(request.request_id, msg, now=self.now)
+
+            self.schedule(self.latency, respond)
+
+        return deliver

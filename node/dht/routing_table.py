@@ -1,0 +1,360 @@
+"""Kademlia routing table: k-buckets by common prefix length (pure).
+
+Theory of operation
+-------------------
+Keys are ``sha256(binary PeerId)`` (256 bits); the distance between two peers is the XOR
+of their keys (libp2p/specs kad-dht/README.md, "Distance"). Contact ``c`` lives in bucket
+``i = common_prefix_length(local_key, c.key)``, 0 (farthest half of the key space) to 255
+(closest); bucket 256 would be the local peer itself, which is never stored. This is the
+same partition the spec's lazily "unfolded" table reaches; holding the 256 buckets from
+the start just skips the splitting. Each bucket holds at most ``k`` (20) contacts ordered
+least-recently seen (head) to most-recently seen (tail), Kademlia paper section 2.2.
+
+:meth:`RoutingTable.update` is called whenever the local node hears from a peer
+(a successful response, or an inbound request from a DHT server). An existing contact
+moves to the tail. A new contact joins a bucket with room. When the bucket is full the
+paper's rule applies: *the least-recently seen contact is kept if it is still alive*.
+We do not ping inline (the table is pure): the newcomer goes into the bucket's bounded
+**replacement cache** (paper section 4.1) and the update result asks the caller to ping
+the head contact (at most one ping per bucket in flight, re-asked after
+``ping_timeout``). The caller reports the outcome with :meth:`RoutingTable.ping_result`:
+alive moves the head to the tail (the newcomer waits in the cache); dead removes it,
+which promotes the most recently seen replacement. :meth:`RoutingTable.remove` (an RPC
+to that peer failed) promotes a replacement the same way.
+
+Bucket refresh (paper section 2.3, "refreshes any bucket to which it has not performed a
+node lookup in the past hour"): every bucket up to ``max_refresh_cpl`` has a next-refresh
+time. At construction those times are spread uniformly over ``[now, now +
+refresh_interval)`` with the injected ``random.Random``, so a node (or a thousand nodes
+started together) never refreshes all buckets at once. After a lookup for a key in a
+bucket, :meth:`RoutingTable.mark_refreshed` pushes its next refresh one interval (with
++-10 % jitter) into the future. :meth:`RoutingTable.due_refreshes` lists buckets due
+at ``now`` and :meth:`RoutingTable.random_preimage_in_bucket` gives a lookup target for
+one.
+
+Time is an input everywhere: ``now`` is seconds (float) on whatever clock the driver
+uses (monotonic seconds in the node, virtual seconds in the simulator).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+
+from node.dht.keys import KEY_BITS, KEY_BYTES, kad_key, key_to_int
+
+__all__ = [
+    "DEFAULT_PING_TIMEOUT",
+    "DEFAULT_REFRESH_INTERVAL",
+    "K",
+    "MAX_REFRESH_CPL",
+    "Contact",
+    "RoutingTable",
+    "UpdateResult",
+    "UpdateStatus",
+]
+
+#: Bucket size and replication parameter (libp2p/specs kad-dht "Replication parameter").
+K = 20
+#: Seconds between refreshes of one bucket (go-libp2p-kad-dht default: 10 minutes).
+DEFAULT_REFRESH_INTERVAL = 600.0
+#: Seconds after which an unanswered liveness ping may be asked for again.
+DEFAULT_PING_TIMEOUT = 10.0
+#: Highest bucket index refreshed (go-libp2p-kad-dht maxCplForRefresh = 15): deeper
+#: buckets of a realistic network are empty or filled by lookups for our own key.
+MAX_REFRESH_CPL = 15
+_REFRESH_JITTER = 0.1
+
+
+@dataclass(slots=True)
+class Contact:
+    """A peer in the routing table.
+
+    ``peer_id``: binary PeerId (multihash bytes, 38 bytes for Ed25519, any length is
+    accepted); ``key``: its 32-byte Kademlia key; ``addrs``: binary multiaddrs;
+    ``last_seen``: seconds (caller's clock) of the last successful contact.
+    """
+
+    peer_id: bytes
+    key: bytes
+    addrs: tuple[bytes, ...]
+    last_seen: float
+    key_int: int = field(repr=False, default=0)
+
+
+class UpdateStatus(Enum):
+    """What :meth:`RoutingTable.update` did."""
+
+    ADDED = "added"  # new contact, bucket had room (or took a replacement slot)
+    UPDATED = "updated"  # known contact moved to the tail, addrs refreshed
+    CACHED = "cached"  # bucket full: newcomer kept in the replacement cache
+    SELF = "self"  # the local peer is never stored
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateResult:
+    """Outcome of an update. ``ping``: PeerId the caller should ping (the head of a
+    full bucket) and report with :meth:`RoutingTable.ping_result`, or None."""
+
+    status: UpdateStatus
+    ping: bytes | None = None
+
+
+@dataclass(slots=True)
+class _Bucket:
+    contacts: list[Contact] = field(default_factory=list)  # head = least recently seen
+    replacements: list[Contact] = field(default_factory=list)  # tail = most recent
+    ping_sent_at: float | None = None  # when the head was asked to be pinged
+
+
+class RoutingTable:
+    """256 k-buckets around ``local_peer_id`` (see the module docstring).
+
+    ``rng`` staggers bucket refresh; ``now`` is the construction time in seconds.
+    Raises ValueError for ``k < 1``.
+    """
+
+    def __init__(
+        self,
+        local_peer_id: bytes,
+        *,
+        rng: random.Random,
+        now: float = 0.0,
+        k: int = K,
+        replacement_cache_size: int | None = None,
+        refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
+        ping_timeout: float = DEFAULT_PING_TIMEOUT,
+        max_refresh_cpl: int = MAX_REFRESH_CPL,
+    ) -> None:
+        if k < 1:
+            raise ValueError("k must be at least 1")
+        self.local_peer_id = bytes(local_peer_id)
+        self.local_key = kad_key(self.local_peer_id)
+        self._local_int = key_to_int(self.local_key)
+        self.k = k
+        self.replacement_cache_size = (
+            k if replacement_cache_size is None else replacement_cache_size
+        )
+        self.refresh_interval = float(refresh_interval)
+        self.ping_timeout = float(ping_timeout)
+        self._rng = rng
+        self._buckets = [_Bucket() for _ in range(KEY_BITS)]
+        self._by_id: dict[bytes, Contact] = {}
+        self._next_refresh = [
+            now + rng.random() * self.refresh_interval for _ in range(max_refresh_cpl + 1)
+        ]
+
+    # -- queries ---------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __contains__(self, peer_id: object) -> bool:
+        return peer_id in self._by_id
+
+    def get(self, peer_id: bytes) -> Contact | None:
+        """The contact for ``peer_id``, or None (replacement-cache entries are not found)."""
+        return self._by_id.get(peer_id)
+
+    def contacts(self) -> Iterator[Contact]:
+        """All contacts, bucket 0 first, least recently seen first within a bucket."""
+        for bucket in self._buckets:
+            yield from bucket.contacts
+
+    def bucket_index(self, key: bytes) -> int:
+        """Bucket of a 32-byte key: its common prefix length with the local key (0..255).
+        Raises ValueError for the local key itself (256) or a key of the wrong length."""
+        cpl = KEY_BITS - (key_to_int(key) ^ self._local_int).bit_length()
+        if cpl >= KEY_BITS:
+            raise ValueError("the local key has no bucket")
+        return cpl
+
+    def bucket(self, index: int) -> list[Contact]:
+        """A copy of bucket ``index`` (0..255), least recently seen first."""
+        return list(self._buckets[index].contacts)
+
+    def replacements(self, index: int) -> list[Contact]:
+        """A copy of bucket ``index``'s replacement cache, oldest first."""
+        return list(self._buckets[index].replacements)
+
+    def closest(
+        self, target_key: bytes, count: int = K, *, exclude: Iterable[bytes] = ()
+    ) -> list[Contact]:
+        """Up to ``count`` contacts closest to the 32-byte ``target_key`` by XOR distance,
+        nearest first (ties, which need a sha256 collision, broken by PeerId bytes).
+        PeerIds in ``exclude`` are skipped. Raises ValueError for a bad key length."""
+        target = key_to_int(target_key)
+        skip = set(exclude)
+        picked: list[Contact] = []
+        for group in self._groups_by_distance(target):
+            picked.extend(c for c in group if c.peer_id not in skip)
+            if len(picked) >= count:
+                break
+        picked.sort(key=lambda c: (c.key_int ^ target, c.peer_id))
+        return picked[:count]
+
+    def _groups_by_distance(self, target: int) -> Iterator[Iterable[Contact]]:
+        # With t = cpl(target, local): contacts in bucket t are nearest the target (they
+        # share t + 1 bits with it), then every bucket deeper than t (they share exactly
+        # t bits), then buckets t - 1, t - 2, ..., 0 in that order (bucket j shares j).
+        # Each group is strictly closer than the next, so only the groups needed to
+        # reach ``count`` are sorted.
+        t = KEY_BITS - (target ^ self._local_int).bit_length()
+        if t < KEY_BITS:
+            yield self._buckets[t].contacts
+            yield (c for b in self._buckets[t + 1:] for c in b.contacts)
+        for j in range(min(t, KEY_BITS) - 1, -1, -1):
+            yield self._buckets[j].contacts
+
+    # -- updates ---------------------------------------------------------------------
+
+    def update(self, peer_id: bytes, addrs: Iterable[bytes] = (), *, now: float) -> UpdateResult:
+        """Record that ``peer_id`` (binary PeerId) was seen alive at ``now`` (seconds).
+
+        Known: moved to the tail, ``addrs`` replaced when non-empty. New with room: added.
+        New with a full bucket: cached as a replacement, and ``ping`` names the head to
+        check (unless a ping for this bucket is already pending and younger than
+        ``ping_timeout``)."""
+        peer_id = bytes(peer_id)
+        if peer_id == self.local_peer_id:
+            return UpdateResult(UpdateStatus.SELF)
+        addrs = tuple(addrs)
+        known = self._by_id.get(peer_id)
+        if known is not None:
+            bucket = self._buckets[self._index_of(known.key_int)]
+            bucket.contacts.remove(known)
+            bucket.contacts.append(known)
+            known.last_seen = now
+            if addrs:
+                known.addrs = addrs
+            return UpdateResult(UpdateStatus.UPDATED)
+        key = kad_key(peer_id)
+        contact = Contact(peer_id, key, addrs, now, key_to_int(key))
+        bucket = self._buckets[self._index_of(contact.key_int)]
+        if len(bucket.contacts) < self.k:
+            self._insert(bucket, contact)
+            return UpdateResult(UpdateStatus.ADDED)
+        self._cache_replacement(bucket, contact)
+        if bucket.ping_sent_at is None or now - bucket.ping_sent_at >= self.ping_timeout:
+            bucket.ping_sent_at = now
+            return UpdateResult(UpdateStatus.CACHED, ping=bucket.contacts[0].peer_id)
+        return UpdateResult(UpdateStatus.CACHED)
+
+    def ping_result(self, peer_id: bytes, alive: bool, *, now: float) -> None:
+        """Outcome of a ping asked for by :meth:`update`: alive keeps the contact (moved to
+        the tail), dead removes it and promotes the newest replacement. Unknown PeerIds
+        are ignored (the contact may have been removed meanwhile)."""
+        contact = self._by_id.get(peer_id)
+        if contact is None:
+            return
+        bucket = self._buckets[self._index_of(contact.key_int)]
+        bucket.ping_sent_at = None
+        if alive:
+            self.update(peer_id, now=now)
+        else:
+            self.remove(peer_id)
+
+    def remove(self, peer_id: bytes) -> bool:
+        """Drop ``peer_id`` (it failed to respond); promote the most recently seen
+        replacement of its bucket. Also forgets it from replacement caches.
+        Returns True when a contact was removed from a bucket."""
+        contact = self._by_id.pop(peer_id, None)
+        if contact is None:
+            self._forget_replacement(peer_id)
+            return False
+        bucket = self._buckets[self._index_of(contact.key_int)]
+        bucket.contacts.remove(contact)
+        if bucket.replacements:
+            self._insert(bucket, bucket.replacements.pop())
+        bucket.ping_sent_at = None
+        return True
+
+    # -- refresh ---------------------------------------------------------------------
+
+    def due_refreshes(self, now: float) -> list[int]:
+        """Indices of buckets whose refresh time is ``<= now``, earliest first.
+
+        Only buckets up to the deepest non-empty bucket + 1 (capped at
+        ``max_refresh_cpl``) are refreshed: deeper random targets would land on keys
+        no peer shares (go-libp2p-kad-dht does the same)."""
+        if min(self._next_refresh) > now:
+            return []
+        limit = min(self._deepest_nonempty() + 1, len(self._next_refresh) - 1)
+        for index in range(limit + 1, len(self._next_refresh)):
+            if self._next_refresh[index] <= now:  # nothing to refresh there yet
+                self.mark_refreshed(index, now=now)
+        due = [i for i in range(limit + 1) if self._next_refresh[i] <= now]
+        return sorted(due, key=lambda i: (self._next_refresh[i], i))
+
+    def next_refresh_at(self, index: int) -> float:
+        """Seconds (caller's clock) when bucket ``index`` (0..max_refresh_cpl) is due."""
+        return self._next_refresh[index]
+
+    def mark_refreshed(self, index: int, *, now: float) -> None:
+        """A lookup for a key in bucket ``index`` ran at ``now``: reschedule its refresh
+        one ``refresh_interval`` later (+-10 % jitter from the injected rng)."""
+        if 0 <= index < len(self._next_refresh):
+            jitter = 1.0 + _REFRESH_JITTER * (2.0 * self._rng.random() - 1.0)
+            self._next_refresh[index] = now + self.refresh_interval * jitter
+
+    def random_key_in_bucket(self, index: int) -> bytes:
+        """A random 32-byte key whose common prefix with the local key is exactly
+        ``index`` bits (0..255): a lookup target that refreshes that bucket."""
+        if not 0 <= index < KEY_BITS:
+            raise ValueError(f"bucket index out of range: {index}")
+        flip = 1 << (KEY_BITS - 1 - index)
+        low = self._rng.getrandbits(KEY_BITS - 1 - index) if index < KEY_BITS - 1 else 0
+        high_mask = ~((flip << 1) - 1) & ((1 << KEY_BITS) - 1)
+        value = (self._local_int & high_mask) | ((self._local_int & flip) ^ flip) | low
+        return value.to_bytes(KEY_BYTES, "big")
+
+    def random_preimage_in_bucket(self, index: int) -> bytes:
+        """A random 34-byte PeerId (a sha2-256 multihash ``12 20`` + 32 bytes, as
+        go-libp2p-kad-dht's GenRandPeerID) whose Kademlia key falls in bucket ``index``:
+        the FIND_NODE key of a refresh lookup (responders hash the key, so the wire needs
+        a preimage, and a well-formed PeerId is accepted by every implementation).
+        Expected work is ``2 ** (index + 1)`` sha256 calls, so ``index`` is limited to
+        0..20 (ValueError)."""
+        if not 0 <= index <= 20:
+            raise ValueError(f"refresh preimages are generated for buckets 0..20, not {index}")
+        base = b"\x12\x20" + self._rng.randbytes(KEY_BYTES - 4)
+        local_top = int.from_bytes(self.local_key[:4], "big")
+        shift = 31 - index  # cpl == index  <=>  top 32 bits XOR local's >> shift == 1
+        sha256 = hashlib.sha256
+        for counter in range(1 << 32):
+            candidate = base + counter.to_bytes(4, "big")
+            top = int.from_bytes(sha256(candidate).digest()[:4], "big")
+            if (top ^ local_top) >> shift == 1:
+                return candidate
+        raise AssertionError("no preimage in 2**32 tries")  # pragma: no cover
+
+    # -- internals -------------------------------------------------------------------
+
+    def _index_of(self, key_int: int) -> int:
+        return KEY_BITS - (key_int ^ self._local_int).bit_length()
+
+    def _insert(self, bucket: _Bucket, contact: Contact) -> None:
+        bucket.contacts.append(contact)
+        self._by_id[contact.peer_id] = contact
+
+    def _cache_replacement(self, bucket: _Bucket, contact: Contact) -> None:
+        bucket.replacements = [c for c in bucket.replacements if c.peer_id != contact.peer_id]
+        bucket.replacements.append(contact)
+        if len(bucket.replacements) > self.replacement_cache_size:
+            del bucket.replacements[0]
+
+    def _forget_replacement(self, peer_id: bytes) -> None:
+        key = kad_key(peer_id)
+        if key == self.local_key:
+            return
+        bucket = self._buckets[self._index_of(key_to_int(key))]
+        bucket.replacements = [c for c in bucket.replacements if c.peer_id != peer_id]
+
+    def _deepest_nonempty(self) -> int:
+        for index in range(KEY_BITS - 1, -1, -1):
+            if self._buckets[index].contacts:
+                return index
+        return -1
