@@ -9,9 +9,9 @@ agree byte for byte, so the encoding is *canonical*:
 * map keys are ``str`` and are written in sorted order (by their UTF-8 bytes);
 * ``bytes`` use the msgpack ``bin`` family, ``str`` the ``str`` family (``use_bin_type``);
 * integers use the shortest msgpack form (msgpack-python already does this);
-* floats, ``None`` inside maps, sets and custom types are refused (they have no single
-  canonical form or no place in a protocol message);
-* tuples and lists both encode as arrays (decode yields lists).
+* floats, sets and custom types are refused (they have no single canonical form or no
+  place in a protocol message); ``None`` is allowed (msgpack ``nil``);
+* tuples and lists (named tuples included) both encode as arrays; decode yields lists.
 
 :func:`decode` is strict: it enforces size and nesting limits and then re-encodes the
 value and requires the same bytes, so a peer cannot make two different byte strings

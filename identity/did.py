@@ -48,16 +48,23 @@ def did_key_from_public_key(public_key: bytes) -> str:
 
 
 def public_key_from_did_key(did: str) -> bytes:
-    """The 32-byte Ed25519 public key named by ``did`` (a did:key with or without a
-    ``#fragment``). Raises DidError when it is not a base58btc Ed25519 did:key.
+    """The 32-byte Ed25519 public key named by ``did`` (a did:key, optionally with the
+    fragment naming its Ed25519 verification method, ``did:key:z6Mk...#z6Mk...``).
+    Raises DidError when it is not a canonical base58btc Ed25519 did:key (surrounding
+    whitespace and any other fragment, such as the X25519 ``#z6LS...`` key, are refused).
     """
     if not isinstance(did, str) or not did.startswith(_DID_KEY_PREFIX):
         raise DidError(f"not a base58btc did:key: {did!r:.80}")
-    body = did[len(_DID_KEY_PREFIX):].split("#", 1)[0]
+    body, hash_sign, fragment = did[len(_DID_KEY_PREFIX):].partition("#")
+    if hash_sign and fragment != "z" + body:
+        raise DidError("did:key fragment does not name its Ed25519 verification method")
     try:
         raw = base58.b58decode(body)
     except ValueError as exc:
         raise DidError(f"did:key is not valid base58btc: {exc}") from None
+    # base58.b58decode strips surrounding whitespace: insist on the one canonical spelling
+    if not body or base58.b58encode(raw).decode("ascii") != body:
+        raise DidError("did:key is not canonical base58btc")
     if not raw.startswith(_ED25519_MULTICODEC):
         raise DidError("did:key multicodec is not ed25519-pub (0xed)")
     key = raw[len(_ED25519_MULTICODEC):]
@@ -87,6 +94,8 @@ def public_key_from_peer_id(peer_id: str | bytes) -> bytes:
             raw = base58.b58decode(peer_id)
         except ValueError as exc:
             raise DidError(f"PeerId is not valid base58btc: {exc}") from None
+        if base58.b58encode(raw).decode("ascii") != peer_id:
+            raise DidError("PeerId is not canonical base58btc")
     else:
         raw = bytes(peer_id)
     prefix = _IDENTITY_MULTIHASH_PREFIX + _PB_ED25519_PREFIX
