@@ -54,9 +54,20 @@ class ConsensusConfig:
     genesis: str = "genesis.msgpack"
     tick_ms: int = 10
     batch_size: int = 64
-    batch_timeout_ms: int = 20
+    batch_timeout_ms: int = 0
     view_timeout_ms: int = 2000
     checkpoint_interval: int = 128
+
+
+@dataclass
+class StorageConfig:
+    #: sqlite ``synchronous`` in WAL mode. ``full``: every append is fsync'd before the
+    #: node sends what it persisted: survives kill -9 *and* power loss (persist before
+    #: send holds across an OS crash). ``normal``: no fsync per append: survives kill -9
+    #: (the WAL is in the OS page cache) but an OS crash or power loss may lose the last
+    #: appends, after which the replica could contradict what it sent. Use ``normal``
+    #: only where the device has a battery-backed or otherwise power-safe disk.
+    synchronous: str = "full"
 
 
 @dataclass
@@ -72,9 +83,14 @@ class ControlConfig:
 _SECTIONS = {
     "network": NetworkConfig,
     "consensus": ConsensusConfig,
+    "storage": StorageConfig,
     "metrics": MetricsConfig,
     "control": ControlConfig,
 }
+
+
+#: Integer keys for which 0 is meaningful (every other integer must be positive).
+_MAY_BE_ZERO = frozenset({"batch_timeout_ms"})
 
 
 @dataclass
@@ -84,6 +100,7 @@ class NodeConfig:
     home: Path
     network: NetworkConfig = field(default_factory=NetworkConfig)
     consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
 
@@ -130,8 +147,11 @@ def _section(path: Path, name: str, cls: type, table: dict[str, Any]) -> Any:
             ok = all(isinstance(v, str) for v in value)
         if not ok:
             raise ConfigError(f"{path}: {name}.{key} must be {want.__name__}, got {value!r}")
-        if want is int and value <= 0:
-            raise ConfigError(f"{path}: {name}.{key} must be positive, got {value}")
+        if want is int and (value < 0 or (value == 0 and key not in _MAY_BE_ZERO)):
+            raise ConfigError(f"{path}: {name}.{key} must be "
+                              f"{'>= 0' if key in _MAY_BE_ZERO else 'positive'}, got {value}")
+        if (name, key) == ("storage", "synchronous") and value not in ("full", "normal"):
+            raise ConfigError(f"{path}: storage.synchronous must be 'full' or 'normal'")
         setattr(section, key, value)
     return section
 

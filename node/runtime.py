@@ -86,7 +86,8 @@ class NodeRuntime:
         token = Token.open(self.identity.hsm_config(self.env))
         try:
             signer = token.signer(self.identity.current_key_label(state))
-            storage = Storage(self.home / DB_NAME, digest_of=decided_value)
+            storage = Storage(self.home / DB_NAME, digest_of=decided_value,
+                              synchronous=self.cfg.storage.synchronous)
             try:
                 await self._run_parts(token, signer, storage, gen, task_status)
             finally:
@@ -142,7 +143,7 @@ class NodeRuntime:
         tick = c.tick_ms
         cfg = Config(
             checkpoint_interval=c.checkpoint_interval, window=4 * c.checkpoint_interval,
-            batch_size=c.batch_size, batch_timeout=max(1, c.batch_timeout_ms // tick),
+            batch_size=c.batch_size, batch_timeout=c.batch_timeout_ms // tick,
             view_timeout=max(2, c.view_timeout_ms // tick),
         )
         records = storage.records()

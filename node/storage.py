@@ -8,7 +8,8 @@ The consensus core emits ``Record(kind, seq, data)`` effects (see
 :meth:`Storage.append_records` *before* sending that Ready's messages. One call is one
 sqlite transaction with ``synchronous=FULL``, so when it returns the records are on disk
 and a crash (kill -9, power loss) leaves either all of them or none: the restored replica
-never contradicts a message it sent.
+never contradicts a message it sent. (``synchronous="normal"`` trades the power-loss half
+of that guarantee for speed: see ``node.config.StorageConfig``.)
 
 ``decided`` records (commit certificates, canonical bytes) also extend the audit chain:
 ``entry_hash[s] = sha256(b"meshnode/audit/v1" || prev_hash || seq (8 bytes, big endian)
@@ -132,14 +133,17 @@ class Storage:
     file is not a meshnode database or has a newer schema.
     """
 
-    def __init__(self, path: Path, *, digest_of: DigestOf = sha256_digest) -> None:
+    def __init__(self, path: Path, *, digest_of: DigestOf = sha256_digest,
+                 synchronous: str = "full") -> None:
+        if synchronous not in ("full", "normal"):
+            raise ValueError("synchronous must be 'full' or 'normal'")
         self.path = Path(path)
         self.digest_of = digest_of
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path.touch(mode=0o600, exist_ok=True)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
         version = self.get_meta("schema_version")

@@ -240,9 +240,13 @@ class ValueLookup(Lookup):
         *,
         validator: Validator,
         quorum: int = 1,
-        **kwargs: object,
+        k: int = K,
+        alpha: int = ALPHA,
+        local_peer_id: bytes | None = None,
+        max_peers_per_response: int | None = None,
     ) -> None:
-        super().__init__(kad_key(key), seeds, **kwargs)  # type: ignore[arg-type]
+        super().__init__(kad_key(key), seeds, k=k, alpha=alpha, local_peer_id=local_peer_id,
+                         max_peers_per_response=max_peers_per_response)
         if quorum < 1:
             raise ValueError("quorum must be at least 1")
         self.key = bytes(key)

@@ -29,7 +29,9 @@ def test_partial_file_keeps_defaults(tmp_path):
     ("[network]\nmdsn = true\n", "unknown key network.mdsn"),
     ("[network]\nmdns = 'yes'\n", "network.mdns must be bool"),
     ("[consensus]\ntick_ms = true\n", "consensus.tick_ms must be int"),
-    ("[consensus]\ntick_ms = 0\n", "must be positive"),
+    ("[consensus]\ntick_ms = 0\n", "tick_ms must be positive"),
+    ("[consensus]\nbatch_timeout_ms = -1\n", "batch_timeout_ms must be >= 0"),
+    ("[storage]\nsynchronous = 'off'\n", "'full' or 'normal'"),
     ("[network]\nlisten = [1]\n", "network.listen must be list"),
     ("[network\n", "config.toml"),
 ])
