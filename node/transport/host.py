@@ -16,10 +16,13 @@ payload (a canonical msgpack value, decoded by the layer above).
   (``queue_size`` frames) and returns False, counting ``queue_full``, when the queue is
   full. The protocols above tolerate loss (PBFT retransmits through view change and
   state transfer).
-* **Inbound limits**: frames larger than ``max_frame_bytes`` reset the stream and are
-  counted against the peer (``oversized``); each peer has a token bucket of
-  ``rate_per_s`` frames per second with ``burst`` capacity, excess frames are dropped
-  (``rate_limited``). Nothing a peer sends can raise out of a reader task.
+* **Inbound limits**: frames are cut by the pure :class:`~node.transport.framing.
+  FrameDecoder`: a frame larger than ``max_frame_bytes`` is skipped and counted against
+  the peer (``oversized``), one declaring more than four times that resets the stream;
+  each peer has a token bucket (:class:`~node.transport.ratelimit.PeerRateLimiter`,
+  LRU-bounded) of ``rate_per_s`` frames per second with ``burst`` capacity, excess
+  frames are dropped (``rate_limited``). Nothing a peer sends can raise out of a
+  reader task. Payloads are decoded by the layer above, which counts what it refuses.
 * **Reconnect**: a writer whose stream fails redials the peer with exponential backoff
   (``backoff_min_s`` doubling up to ``backoff_max_s``, full jitter) and keeps its queue.
 * **Shutdown**: leaving :meth:`LibP2PTransport.run` cancels every task and calls
@@ -50,13 +53,14 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
 from node import logs
+from node.transport.framing import Dropped, FrameDecoder, frame_payload
+from node.transport.ratelimit import PeerRateLimiter
 
 logs.adopt_libp2p_logger()
 log = logging.getLogger("meshnode.transport")
 
-__all__ = ["Inbound", "LibP2PTransport", "TokenBucket", "protocol_id"]
+__all__ = ["Inbound", "LibP2PTransport", "protocol_id"]
 
-HEADER_BYTES = 4
 PEERSTORE_TTL_S = 24 * 3600
 
 
@@ -109,26 +113,6 @@ class Inbound:
     payload: bytes
 
 
-class TokenBucket:
-    """Token bucket: ``rate`` tokens per second, at most ``burst``; time is an input
-    (seconds, monotonic) so it is pure and testable."""
-
-    __slots__ = ("burst", "rate", "_stamp", "_tokens")
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self.rate, self.burst = rate, burst
-        self._tokens, self._stamp = float(burst), now
-
-    def take(self, now: float, n: float = 1.0) -> bool:
-        """Spend ``n`` tokens if available at time ``now``; True when spent."""
-        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-        self._stamp = now
-        if self._tokens >= n:
-            self._tokens -= n
-            return True
-        return False
-
-
 class LibP2PTransport:
     """A libp2p host carrying framed messages on named channels.
 
@@ -172,7 +156,7 @@ class LibP2PTransport:
         self.peer_id = self.host.get_id().to_base58()
         self._in_send, self.inbound = trio.open_memory_channel[Inbound](inbound_queue)
         self._queues: dict[tuple[str, str], trio.MemorySendChannel] = {}
-        self._buckets: dict[str, TokenBucket] = {}
+        self._limiter = PeerRateLimiter(rate_per_s, burst)
         self._nursery: trio.Nursery | None = None
         #: Dropped frames by (peer, reason); reasons: queue_full, oversized,
         #: rate_limited, stream_error.
@@ -266,7 +250,8 @@ class LibP2PTransport:
                 while True:
                     if pending is None:
                         pending = await queue.receive()
-                    await stream.write(len(pending).to_bytes(HEADER_BYTES, "big") + pending)
+                    await stream.write(frame_payload(pending,
+                                                     max_frame_bytes=self.max_frame_bytes))
                     self.sent[peer_id] += 1
                     pending = None
             except Exception as exc:  # noqa: BLE001
@@ -290,24 +275,23 @@ class LibP2PTransport:
         return handler
 
     async def _read_frames(self, stream: Any, peer_id: str, channel: str) -> None:
-        bucket = self._buckets.get(peer_id)
-        if bucket is None:
-            bucket = self._buckets[peer_id] = TokenBucket(self.rate_per_s, self.burst,
-                                                          trio.current_time())
+        decoder = FrameDecoder(max_frame_bytes=self.max_frame_bytes, decode=False)
         while True:
-            header = await _read_exactly(stream, HEADER_BYTES)
-            size = int.from_bytes(header, "big")
-            if size > self.max_frame_bytes:
-                self._drop(peer_id, "oversized")
-                log.warning("peer %s sent a %d-byte frame (limit %d); stream reset",
-                            peer_id, size, self.max_frame_bytes)
+            chunk = await stream.read(65536)
+            if not chunk:
                 return
-            payload = await _read_exactly(stream, size)
-            if not bucket.take(trio.current_time()):
-                self._drop(peer_id, "rate_limited")
-                continue
-            self.received[peer_id] += 1
-            await self._in_send.send(Inbound(peer_id, channel, payload))
+            for item in decoder.feed(chunk):
+                if isinstance(item, Dropped):
+                    self._drop(peer_id, item.reason)
+                    if item.fatal:
+                        log.warning("peer %s declared a %d-byte frame (limit %d); stream reset",
+                                    peer_id, item.size, self.max_frame_bytes)
+                        return
+                elif not self._limiter.allow(peer_id, trio.current_time()):
+                    self._drop(peer_id, "rate_limited")
+                else:
+                    self.received[peer_id] += 1
+                    await self._in_send.send(Inbound(peer_id, channel, item.payload))
 
     def _drop(self, peer_id: str, reason: str) -> None:
         self.dropped[(peer_id, reason)] += 1
@@ -320,16 +304,6 @@ class LibP2PTransport:
         for (peer, reason), n in sorted(self.dropped.items()):
             out[reason][peer] = n
         return dict(out)
-
-
-async def _read_exactly(stream: Any, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = await stream.read(n - len(buf))
-        if not chunk:
-            raise EOFError("stream closed")
-        buf += chunk
-    return bytes(buf)
 
 
 async def _quietly(awaitable) -> None:

@@ -175,3 +175,41 @@ def test_sigterm_shuts_down_cleanly(mesh):
     assert proc.returncode == 1 and "no node is running" in proc.stderr
     assert json.loads(cli("identity", "show", "--home", str(mesh.home(1)), "--json").stdout)
     assert os.stat(mesh.home(1) / "data" / "node.db").st_size > 0
+
+
+async def test_garbage_and_oversized_frames_from_a_raw_peer_are_dropped_and_counted(mesh):
+    import multiaddr
+    import trio
+    from libp2p import generate_new_ed25519_identity
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+
+    from consensus.messages import Prepare, encode_message
+    from node.transport.host import LibP2PTransport, protocol_id
+
+    start_all(mesh)
+    addr = mesh.control(1, "status")["listen"][0]
+    raw = LibP2PTransport(generate_new_ed25519_identity(), ["/ip4/127.0.0.1/tcp/0"],
+                          ["consensus"])
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(raw.run)
+            info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+            await raw.host.connect(info)
+            for junk in (b"\xc1", b"not msgpack at all", b"\x92\x01"):
+                raw.send(info.peer_id.to_base58(), "consensus", junk)
+            forged = Prepare(0, 1, bytes(32), raw.peer_id, sig=bytes(64))
+            raw.send(info.peer_id.to_base58(), "consensus", encode_message(forged))
+            stream = await raw.host.new_stream(info.peer_id, [protocol_id("consensus")])
+            await stream.write((50 * 1024 * 1024).to_bytes(4, "big") + b"x" * 64)
+            # Each status call is a round trip to the node; the counters are read until
+            # every frame has been accounted for (bounded by fail_after).
+            st = await trio.to_thread.run_sync(lambda: mesh.control(1, "status"))
+            while st["undecodable"] < 3 or not st["refused"] or not st["dropped"]:
+                st = await trio.to_thread.run_sync(lambda: mesh.control(1, "status"))
+            nursery.cancel_scope.cancel()
+    assert st["undecodable"] == 3
+    assert st["dropped"].get("oversized") == 1
+    assert sum(st["refused"].values()) >= 1
+    # The node is unharmed: the mesh still commits.
+    assert mesh.control(1, "propose", {"op": b"still alive"})["seq"] >= 1
+    mesh.stop_all()

@@ -11,7 +11,8 @@ from libp2p import generate_new_ed25519_identity, new_host
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
 
-from node.transport.host import HEADER_BYTES, LibP2PTransport, TokenBucket, protocol_id
+from node.transport.framing import HEADER_BYTES
+from node.transport.host import LibP2PTransport, protocol_id
 
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
 
@@ -120,11 +121,3 @@ def test_send_refuses_local_bugs():
         a.send("12D3KooWx", "consensus", b"x" * 11)
     with pytest.raises(RuntimeError, match="not running"):
         a.send("12D3KooWx", "consensus", b"x")
-
-
-def test_token_bucket_refills_at_rate():
-    bucket = TokenBucket(rate=10, burst=2, now=0.0)
-    assert bucket.take(0.0) and bucket.take(0.0) and not bucket.take(0.0)
-    assert not bucket.take(0.05)  # half a token
-    assert bucket.take(0.1)  # one token after 0.1 s at 10/s
-    assert bucket.take(10.0) and bucket.take(10.0) and not bucket.take(10.0)  # capped at burst
