@@ -30,16 +30,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from identity import canonical, records
+from identity import records
+from identity.bundle import encode_bundle
 from identity.did import did_key_from_public_key, peer_id_from_public_key
 from identity.pkcs11 import HsmConfig, Token, load_embedded, provision_embedded
 
-__all__ = ["IdentityHome", "IdentityHomeError", "atomic_write", "verify_bundle"]
+__all__ = ["IdentityHome", "IdentityHomeError", "atomic_write"]
 
 CONFIG_NAME = "identity.json"
 KEL_NAME = "kel.msgpack"
 DEFAULT_KEY_LABEL = "meshnode"
-BUNDLE_VERSION = 1
 #: Lifetime of an exported identity record, seconds (one day).
 RECORD_TTL_S = 24 * 3600
 
@@ -262,8 +262,7 @@ class IdentityHome:
         """The identity as one portable file: the key event log plus, unless revoked, a
         fresh identity record signed by the current key (valid ``ttl_s`` seconds).
 
-        Format (canonical msgpack): ``{"v": 1, "kel": [event bytes...], "record": bytes
-        | None}``. Verify with :func:`verify_bundle`.
+        Format: :mod:`identity.bundle`; verify with :func:`identity.bundle.verify_bundle`.
         """
         events = self.events()
         state = records.verify_log(events)
@@ -276,9 +275,7 @@ class IdentityHome:
                     signer, state.identifier, version=issued, listen_addrs=listen_addrs,
                     issued_at=issued, expires_at=issued + ttl_s,
                 ).to_bytes()
-        return canonical.encode(
-            {"v": BUNDLE_VERSION, "kel": [e.to_bytes() for e in events], "record": record}
-        )
+        return encode_bundle(events, record)
 
     # ---- helpers -------------------------------------------------------------------
     def _embedded_config(self, token_label: str) -> HsmConfig:
@@ -299,49 +296,3 @@ class IdentityHome:
 
 def _now(now: float | None) -> int:
     return int(time.time() if now is None else now)
-
-
-def verify_bundle(data: bytes, *, now: float | None = None) -> dict[str, Any]:
-    """Verify an :meth:`IdentityHome.export_bundle` file offline.
-
-    Checks the key event log (signatures, hash chain, pre-rotation commitments) and the
-    identity record against the resulting key state, expiry included (``now`` in Unix
-    seconds, default the clock). Returns a summary dict (id, did, peer_id,
-    public_key_hex, sequence, revoked, events, record). Raises RecordError (a
-    RecordDecodeError for malformed bytes) with the precise reason.
-    """
-    try:
-        bundle = canonical.decode(data)
-    except canonical.DecodeError as exc:
-        raise records.RecordDecodeError(records.Reason.MALFORMED, f"bundle: {exc}") from None
-    if (
-        type(bundle) is not dict
-        or bundle.get("v") != BUNDLE_VERSION
-        or type(bundle.get("kel")) is not list
-        or set(bundle) != {"v", "kel", "record"}
-    ):
-        raise records.RecordDecodeError(records.Reason.MALFORMED, "not an identity bundle (v1)")
-    events = records.decode_log(canonical.encode(bundle["kel"]))
-    state = records.verify_log(events)
-    summary: dict[str, Any] = {
-        "id": state.identifier,
-        "did": state.did,
-        "peer_id": state.peer_id,
-        "public_key_hex": state.public_key.hex(),
-        "sequence": state.sequence,
-        "revoked": state.revoked,
-        "events": len(events),
-        "record": None,
-    }
-    if bundle["record"] is not None:
-        if type(bundle["record"]) is not bytes:
-            raise records.RecordDecodeError(records.Reason.MALFORMED, "record is not bytes")
-        record = records.IdentityRecord.from_bytes(bundle["record"])
-        records.verify_record(record, state, now=_now(now))
-        summary["record"] = {
-            "version": record.version,
-            "listen_addrs": list(record.listen_addrs),
-            "issued_at": record.issued_at,
-            "expires_at": record.expires_at,
-        }
-    return summary

@@ -112,13 +112,15 @@ def cmd_identity_export(args: argparse.Namespace) -> int:
 
 
 def cmd_identity_verify(args: argparse.Namespace) -> int:
-    from identity.home import verify_bundle
+    import time
+
+    from identity.bundle import verify_bundle
 
     try:
         data = sys.stdin.buffer.read() if str(args.file) == "-" else Path(args.file).read_bytes()
     except OSError as exc:
         _fail(f"cannot read {args.file}: {exc.strerror}")
-    result = verify_bundle(data)
+    result = verify_bundle(data, now=int(time.time()))
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:

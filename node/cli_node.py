@@ -191,6 +191,12 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dht_lookup(args: argparse.Namespace) -> int:
+    result = _control(args, "dht_lookup", {"peer_id": args.peer_id}, timeout_s=args.timeout)
+    _print(result, args.json)
+    return 0
+
+
 def cmd_genesis_sign(args: argparse.Namespace) -> int:
     """Sign a genesis body with this home's current key (used by `meshnode testnet`)."""
     from identity.home import IdentityHome
@@ -278,6 +284,15 @@ def register(sub: argparse._SubParsersAction, add_home) -> None:
     p.add_argument("file", metavar="FILE")
     p.add_argument("--genesis", metavar="FILE", help="member set to trust (default: the file's)")
     p.set_defaults(func=cmd_audit_verify)
+
+    dht = sub.add_parser("dht", help="the Kademlia DHT (/ipfs/kad/1.0.0)")
+    dsub2 = dht.add_subparsers(dest="dht_cmd", required=True, metavar="COMMAND")
+    p = dsub2.add_parser("lookup", help="find and verify a peer's signed identity in the DHT")
+    add_home(p)
+    p.add_argument("peer_id", metavar="PEER_ID")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_dht_lookup)
 
     gen = sub.add_parser("genesis", help="genesis file tools")
     gsub = gen.add_subparsers(dest="genesis_cmd", required=True, metavar="COMMAND")

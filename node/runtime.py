@@ -36,6 +36,7 @@ from identity.pkcs11 import Token
 from node import config as node_config
 from node import genesis
 from node.control import ControlError, ControlServer
+from node.discovery import Discovery
 from node.driver import CHANNEL, ConsensusDriver
 from node.metrics import Metrics
 from node.storage import Storage
@@ -61,6 +62,7 @@ class _Parts:
     transport: LibP2PTransport
     driver: ConsensusDriver
     genesis: genesis.Genesis
+    discovery: Discovery
 
 
 class NodeRuntime:
@@ -115,7 +117,10 @@ class NodeRuntime:
             on_decision=self.metrics.on_decision,
         )
         transport.on_drop = self.metrics.on_drop
-        self.parts = _Parts(token, storage, transport, driver, gen)
+        discovery = Discovery(self.identity, transport, bootstrap=self.cfg.network.bootstrap,
+                              known=[(m.peer_id, m.addrs) for m in gen.members if m.peer_id != me],
+                              env=self.env)
+        self.parts = _Parts(token, storage, transport, driver, gen, discovery)
         async with trio.open_nursery() as nursery:
             await nursery.start(transport.run)
             for m in gen.members:
@@ -124,7 +129,7 @@ class NodeRuntime:
             nursery.start_soon(self._pump)
             await nursery.start(driver.run)
             nursery.start_soon(self._heal, [m.peer_id for m in gen.members if m.peer_id != me])
-            nursery.start_soon(self._dial_bootstrap)
+            await nursery.start(discovery.run)
             control = ControlServer(self.cfg.path(self.cfg.control.socket), self._handlers())
             await nursery.start(control.run)
             if self.cfg.metrics.listen:
@@ -191,14 +196,6 @@ class NodeRuntime:
                         log.debug("dial %s failed: %s", p, exc)
             await trio.sleep(0.25)
 
-    async def _dial_bootstrap(self) -> None:
-        for addr in self.cfg.network.bootstrap:
-            try:
-                peer = await self.parts.transport.dial(addr)
-                log.info("bootstrap peer %s connected", peer)
-            except Exception as exc:  # noqa: BLE001
-                log.warning("bootstrap %s unreachable: %s", addr, exc)
-
     # ---- introspection and control ------------------------------------------------
     def info(self) -> dict[str, Any]:
         """PeerId, DID, identifier and listen multiaddrs."""
@@ -218,6 +215,7 @@ class NodeRuntime:
             "last_decided": r.last_executed, "state_digest": r.state.digest().hex(),
             "chain": p.genesis.chain,
             "evidence": len(r.evidence),
+            "dht": p.discovery.stats(),
             "dropped": {reason: sum(v.values())
                         for reason, v in p.transport.drop_counts().items()},
             "undecodable": sum(p.driver.decode_drops.values()),
@@ -258,9 +256,11 @@ class NodeRuntime:
                                  e.entry_hash] for e in entries]}
 
         async def wait(params):
-            """Block until ``peers`` members are connected and ``last_decided`` is
-            reached (both optional), or fail after ``timeout_ms`` milliseconds."""
+            """Block until ``peers`` members are connected, ``last_decided`` is reached
+            and (if ``published``) our identity is in the DHT — each optional — or fail
+            after ``timeout_ms`` milliseconds."""
             peers_wanted = int(params.get("peers", 0))
+            published = bool(params.get("published", False))
             decided_wanted = int(params.get("last_decided", 0))
             timeout_s = int(params.get("timeout_ms", 30_000)) / 1000
             with trio.move_on_after(timeout_s):
@@ -268,14 +268,24 @@ class NodeRuntime:
                     st = self.status()
                     members = set(st["members"])
                     if (len(members.intersection(st["peers"])) >= peers_wanted
-                            and st["last_decided"] >= decided_wanted):
+                            and st["last_decided"] >= decided_wanted
+                            and (st["dht"].get("published") or not published)):
                         return st
                     await trio.sleep(0.02)
             raise ControlError(f"timed out after {timeout_s:g} s waiting for "
                                f"peers>={peers_wanted}, last_decided>={decided_wanted}")
 
+        async def dht_lookup(params):
+            peer_id = params.get("peer_id")
+            if type(peer_id) is not str:
+                raise ControlError("dht_lookup needs a peer_id (string)")
+            try:
+                return await self.parts.discovery.lookup_identity(peer_id)
+            except LookupError as exc:
+                raise ControlError(str(exc)) from None
+
         return {"status": status, "peers": peers, "propose": propose,
-                "decision": decision, "audit": audit, "wait": wait}
+                "decision": decision, "audit": audit, "wait": wait, "dht_lookup": dht_lookup}
 
     def _write_certificate(self, seq: int) -> Path:
         from identity.home import atomic_write

@@ -132,6 +132,22 @@ def test_four_processes_commit_100_operations_with_identical_logs(mesh, tmp_path
     mesh.stop_all()
 
 
+def test_identities_are_published_in_the_dht_and_verified_on_lookup(mesh):
+    start_all(mesh)
+    for k in range(1, 5):
+        mesh.control(k, "wait", {"published": True, "timeout_ms": 60_000}, timeout_s=90)
+    target = mesh.control(3, "status")
+    found = json.loads(cli("dht", "lookup", target["peer_id"], "--home", str(mesh.home(1)),
+                           "--json").stdout)
+    assert found["id"] == target["id"] and found["peer_id"] == target["peer_id"]
+    assert found["record"]["listen_addrs"] == [target["listen"][0].split("/p2p/")[0]]
+    assert mesh.control(1, "status")["dht"]["routing_table"] >= 3
+    stranger = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"
+    proc = cli("dht", "lookup", stranger, "--home", str(mesh.home(2)), check=False)
+    assert proc.returncode == 1 and "no identity record" in proc.stderr
+    mesh.stop_all()
+
+
 def test_kill_9_a_replica_mid_run_then_restart_it_catches_up(mesh):
     start_all(mesh)
     status = mesh.control(1, "status")
