@@ -49,13 +49,67 @@ from node.dht.service import DhtService
 
 log = logging.getLogger("meshnode.discovery")
 
-__all__ = ["Discovery", "dht_validator"]
+__all__ = ["Discovery", "MdnsDialer", "dht_validator"]
 
 
 def dht_validator() -> NamespacedValidator:
     """The validator for every namespace a meshnode DHT serves."""
     return NamespacedValidator({IDENTITY_NAMESPACE: IdentityBundleValidator(),
                                 "pk": PublicKeyValidator()})
+
+
+class MdnsDialer:
+    """Dials the peers py-libp2p's mDNS finds on the LAN (it only fills the peerstore).
+
+    py-libp2p reports discoveries through its process-wide ``peerDiscovery`` emitter, on
+    zeroconf's thread, possibly while the host is still starting: so the handler is
+    registered at construction (inside the trio run, before the transport starts) and
+    buffers into a channel; :meth:`run` dials each peer from the trio loop.
+    ``on_found(peer_id, addrs)`` is called for each peer dialled successfully.
+    """
+
+    def __init__(self, transport: Any, on_found=None) -> None:
+        from libp2p.discovery.events.peerDiscovery import peerDiscovery
+
+        self.transport = transport
+        self.on_found = on_found
+        self.found: dict[str, list[str]] = {}
+        self._emitter = peerDiscovery
+        self._send, self._receive = trio.open_memory_channel[Any](256)
+        token = trio.lowlevel.current_trio_token()
+
+        def handler(info: Any) -> None:  # zeroconf's thread
+            try:
+                trio.from_thread.run_sync(self._send.send_nowait, info, trio_token=token)
+            except (trio.RunFinishedError, trio.WouldBlock, trio.ClosedResourceError):
+                pass
+
+        self._handler = handler
+        peerDiscovery.register_peer_discovered_handler(handler)
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            task_status.started()
+            async with trio.open_nursery() as nursery:
+                async for info in self._receive:
+                    nursery.start_soon(self._dial, info)
+        finally:
+            self._emitter.unregister_peer_discovered_handler(self._handler)
+
+    async def _dial(self, info: Any) -> None:
+        peer_id = info.peer_id.to_base58()
+        if peer_id == self.transport.peer_id or peer_id in self.found:
+            return
+        addrs = [str(a) for a in info.addrs]
+        try:
+            await self.transport.host.connect(info)
+        except Exception as exc:  # noqa: BLE001 - a LAN peer that vanished: log only
+            log.debug("mDNS peer %s not reachable: %s", peer_id, exc)
+            return
+        log.info("mDNS: connected to %s", peer_id)
+        self.found[peer_id] = addrs
+        if self.on_found is not None:
+            self.on_found(peer_id, addrs)
 
 
 def _peer_bytes(peer_id: str) -> bytes:
@@ -69,7 +123,7 @@ class Discovery:
 
     def __init__(self, identity: Any, transport: Any, *, bootstrap: Sequence[str],
                  known: Sequence[tuple[str, Sequence[str]]], env: Mapping[str, str],
-                 republish_s: float = 3600.0) -> None:
+                 republish_s: float = 3600.0, mdns: bool = False) -> None:
         self.identity = identity
         self.transport = transport
         self.bootstrap_addrs = list(bootstrap)
@@ -78,6 +132,7 @@ class Discovery:
         self.republish_s = republish_s
         self.service: DhtService | None = None
         self.published_at: float | None = None
+        self.mdns = MdnsDialer(transport, on_found=self.add_known) if mdns else None
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Serve the DHT and maintain it until cancelled."""
@@ -86,6 +141,8 @@ class Discovery:
         self.service = DhtService(self.transport.host, node)
         async with trio.open_nursery() as nursery:
             await nursery.start(self.service.run)
+            if self.mdns is not None:
+                await nursery.start(self.mdns.run)
             task_status.started()
             nursery.start_soon(self._maintain)
 

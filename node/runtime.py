@@ -102,7 +102,7 @@ class NodeRuntime:
         net = self.cfg.network
         transport = LibP2PTransport(
             hsm_key_pair(signer), net.listen, [CHANNEL], max_frame_bytes=net.max_frame_bytes,
-            rate_per_s=net.inbound_rate_per_s, burst=net.inbound_burst,
+            rate_per_s=net.inbound_rate_per_s, burst=net.inbound_burst, mdns=net.mdns,
         )
         me = transport.peer_id
         members = gen.members_map()
@@ -119,7 +119,7 @@ class NodeRuntime:
         transport.on_drop = self.metrics.on_drop
         discovery = Discovery(self.identity, transport, bootstrap=self.cfg.network.bootstrap,
                               known=[(m.peer_id, m.addrs) for m in gen.members if m.peer_id != me],
-                              env=self.env)
+                              env=self.env, mdns=net.mdns)
         self.parts = _Parts(token, storage, transport, driver, gen, discovery)
         async with trio.open_nursery() as nursery:
             await nursery.start(transport.run)

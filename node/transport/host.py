@@ -118,8 +118,10 @@ class LibP2PTransport:
 
     ``key_pair`` is the host identity (an HSM-backed pair from
     ``identity.libp2p_key.hsm_key_pair`` in a node); ``listen`` are multiaddr strings;
-    ``channels`` the channel names to accept. Received messages arrive on
-    :attr:`inbound` (a trio receive channel of :class:`Inbound`).
+    ``channels`` the channel names to accept; ``mdns`` advertises the host on the LAN
+    and browses for others (py-libp2p's zeroconf service; see node.discovery.MdnsDialer
+    for dialing what it finds). Received messages arrive on :attr:`inbound` (a trio
+    receive channel of :class:`Inbound`).
     """
 
     def __init__(
@@ -136,6 +138,7 @@ class LibP2PTransport:
         backoff_min_s: float = 0.05,
         backoff_max_s: float = 5.0,
         rng: random.Random | None = None,
+        mdns: bool = False,
     ) -> None:
         self.key_pair = key_pair
         self.listen = [multiaddr.Multiaddr(a) for a in listen]
@@ -151,6 +154,7 @@ class LibP2PTransport:
             sec_opt={NOISE_PROTOCOL_ID: noise},
             muxer_opt=create_yamux_muxer_option(),
             connection_config=connection_config(),
+            enable_mDNS=mdns,
         )
         _disable_auto_connector(self.host)
         self.peer_id = self.host.get_id().to_base58()

@@ -7,14 +7,13 @@ Addresses 10.199.0.k/24 exist only inside these namespaces; nothing leaves the m
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import subprocess
 import sys
 import uuid
 
 import pytest
+from tests_support_netns import netns_unavailable
 
 from node.control import call
 
@@ -25,20 +24,6 @@ SUBNET = "10.199.0"
 
 def sh(*args: str) -> None:
     subprocess.run(args, check=True, capture_output=True, timeout=30)
-
-
-def _netns_unavailable() -> str | None:
-    if shutil.which("ip") is None:
-        return "the `ip` command (iproute2) is not installed"
-    if os.geteuid() != 0:
-        return "creating network namespaces needs root (CAP_SYS_ADMIN)"
-    probe = f"mn-probe-{uuid.uuid4().hex[:6]}"
-    try:
-        sh("ip", "netns", "add", probe)
-    except subprocess.CalledProcessError as exc:
-        return f"`ip netns add` is not permitted here: {exc.stderr.decode().strip()}"
-    sh("ip", "netns", "del", probe)
-    return None
 
 
 class Lan:
@@ -72,7 +57,7 @@ class Lan:
 
 @pytest.fixture
 def lan():
-    reason = _netns_unavailable()
+    reason = netns_unavailable()
     if reason:
         pytest.skip(reason)
     net = Lan(4)
