@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,26 +39,8 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered), max(1, round(q / 100 * len(ordered)))) - 1]
 
 
-def free_base_port(n: int) -> int:
-    for _ in range(100):
-        base = random.randrange(20000, 60000 - n)
-        socks = []
-        try:
-            for port in range(base, base + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise SystemExit("no free port range on 127.0.0.1")
-
-
 def run_cluster(n: int, ops: int, clients: int, workdir: Path) -> dict:
-    root = create(workdir / f"tn{n}", n, base_port=free_base_port(n))
+    root = create(workdir / f"tn{n}", n, base_port=0)
     procs = []
     try:
         for k in range(1, n + 1):

@@ -305,7 +305,8 @@ def register(sub: argparse._SubParsersAction, add_home) -> None:
     p.add_argument("--nodes", type=int, default=4, metavar="N")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--base-port", type=int, default=4101, metavar="PORT",
-                   help="node k listens on 127.0.0.1:PORT+k-1 (default 4101)")
+                   help="node k listens on 127.0.0.1:PORT+k-1 (default 4101; 0 picks a "
+                        "free range)")
     p.add_argument("--metrics-base-port", type=int, default=0, metavar="PORT",
                    help="node k serves metrics on PORT+k-1 (default: metrics off)")
     p.add_argument("--chain", default="testnet", help="chain name in the genesis")

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import socket
 import subprocess
 import sys
 import time
@@ -20,11 +22,33 @@ from pathlib import Path
 from identity.home import IdentityHome, atomic_write
 from node import config, genesis
 
-__all__ = ["create"]
+__all__ = ["create", "free_base_port"]
 
 
 class TestnetError(RuntimeError):
     """A step of testnet creation failed (the message names the node and the step)."""
+
+
+def free_base_port(n: int, *, host: str = "127.0.0.1", rng: random.Random | None = None) -> int:
+    """A port P such that P .. P+n-1 are all free on ``host`` right now (TCP bind test
+    in 20000-60000). Raises TestnetError when 100 random tries find none. (Another
+    process may still take a port between this check and the node's bind.)"""
+    rng = rng or random.Random()
+    for _ in range(100):
+        base = rng.randrange(20000, 60000 - n)
+        socks: list[socket.socket] = []
+        try:
+            for port in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind((host, port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise TestnetError(f"no {n} consecutive free ports on {host}")
 
 
 def _meshnode(*args: str) -> str:
@@ -40,13 +64,16 @@ def create(out: Path, nodes: int, *, base_port: int = 4101, metrics_base_port: i
     """Create the testnet under ``out`` (must not exist or be empty); returns ``out``.
 
     Node k (1-based) listens on ``/ip4/<ip>/tcp/<base_port + k - 1>`` where ``{k}`` in
-    ``ip`` is replaced by k (e.g. ``10.199.0.{k}`` for one network namespace per node).
+    ``ip`` is replaced by k (e.g. ``10.199.0.{k}`` for one network namespace per node);
+    ``base_port=0`` picks a free range.
 
     Raises TestnetError when a node cannot be enrolled or sign, ValueError for bad
     arguments (``nodes`` >= 1, ports in 1..65535).
     """
     if nodes < 1:
         raise ValueError("a testnet needs at least one node")
+    if base_port == 0:
+        base_port = free_base_port(nodes, host="127.0.0.1" if "{k}" not in ip else "0.0.0.0")
     if not (base_port > 0 and base_port + nodes - 1 <= 65535):
         raise ValueError("base port out of range")
     out = Path(out).resolve()

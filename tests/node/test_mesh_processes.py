@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,25 +18,6 @@ import pytest
 from node.control import call
 
 pytestmark = pytest.mark.slow
-
-
-def free_base_port(n: int) -> int:
-    rng = random.Random()
-    for _ in range(50):
-        base = rng.randrange(20000, 60000 - n)
-        try:
-            socks = []
-            for port in range(base, base + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port range")
 
 
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -53,8 +32,7 @@ class Mesh:
     def __init__(self, root: Path, n: int = 4) -> None:
         self.root = root
         self.n = n
-        cli("testnet", "--nodes", str(n), "--out", str(root), "--base-port",
-            str(free_base_port(n)))
+        cli("testnet", "--nodes", str(n), "--out", str(root), "--base-port", "0")
         self.procs: dict[int, subprocess.Popen] = {}
 
     def home(self, k: int) -> Path:
