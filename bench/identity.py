@@ -48,7 +48,8 @@ def percentile(samples: list[float], q: float) -> float:
 
 
 def bench_hsm(signs: int, keys: int) -> dict:
-    from identity.pkcs11 import Token, provision_embedded
+    from identity.pkcs11 import Token
+    from identity.softhsm import provision_embedded
 
     with tempfile.TemporaryDirectory(prefix="meshnode-bench-") as tmp:
         cfg = provision_embedded(Path(tmp))

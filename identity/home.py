@@ -33,7 +33,8 @@ from typing import Any
 from identity import records
 from identity.bundle import encode_bundle
 from identity.did import did_key_from_public_key, peer_id_from_public_key
-from identity.pkcs11 import HsmConfig, Token, load_embedded, provision_embedded
+from identity.pkcs11 import HsmConfig, Token
+from identity.softhsm import load_embedded, provision_embedded
 
 __all__ = ["IdentityHome", "IdentityHomeError", "atomic_write"]
 

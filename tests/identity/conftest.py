@@ -7,7 +7,7 @@ python-pkcs11 can load only one PKCS#11 library per process, and SoftHSM reads
 config (``softhsm_conf_path``, session-scoped, its token directory in a pytest temporary
 directory), and each test still gets its OWN fresh token in it, with a unique label and
 random PINs (``hsm_token_config``). SoftHSM always offers one free slot, so
-``identity.pkcs11.init_token`` can create any number of tokens in the same process.
+``identity.softhsm.init_token`` can create any number of tokens in the same process.
 
 A test that needs a different config (the embedded default under its own ``tmp_path``,
 persistence across processes) runs its PKCS#11 work in a subprocess: use
@@ -34,7 +34,8 @@ from pathlib import Path
 
 import pytest
 
-from identity.pkcs11 import HsmConfig, Pkcs11Signer, Token, default_softhsm_module, init_token
+from identity.pkcs11 import HsmConfig, Pkcs11Signer, Token, default_softhsm_module
+from identity.softhsm import init_token
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -20,11 +20,9 @@ from identity.pkcs11 import (
     Pkcs11Error,
     Pkcs11Signer,
     Token,
-    init_token,
-    load_embedded,
-    provision_embedded,
 )
 from identity.signer import Signer, verify_signature
+from identity.softhsm import init_token, load_embedded, provision_embedded
 
 
 def _one_line(exc: pytest.ExceptionInfo[Pkcs11Error]) -> str:
@@ -279,7 +277,8 @@ def test_pin_sources_refused(tmp_path: Path) -> None:
 _GENERATE = """
 import sys
 from pathlib import Path
-from identity.pkcs11 import Token, load_embedded
+from identity.pkcs11 import Token
+from identity.softhsm import load_embedded
 with Token.open(load_embedded(Path(sys.argv[1]) if len(sys.argv) > 1 else Path({home!r}))) as t:
     print(t.generate_keypair("node").public_key.hex())
 """
