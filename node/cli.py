@@ -237,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     from node import cli_node
 
     cli_node.register(sub, _add_home)
+    from node import cli_tasks
+
+    cli_tasks.register(sub, _add_home)
     return parser
 
 
@@ -268,10 +271,12 @@ def _report(exc: Exception) -> int:
     from node.control import ControlError
     from node.genesis import GenesisError
     from node.storage import AuditError
+    from node.tasks.engine import EngineError
     from node.testnet import TestnetError
 
     known = (_Fail, SignerError, IdentityHomeError, RecordError, DecodeError, ConfigError,
-             ControlError, GenesisError, CertificateError, AuditError, TestnetError)
+             ControlError, GenesisError, CertificateError, AuditError, TestnetError,
+             EngineError)
     if isinstance(exc, known):
         print(f"meshnode: error: {exc}", file=sys.stderr)
         return 1

@@ -69,7 +69,9 @@ class ConsensusDriver:
         self._next_rid = 0
         self._wake = trio.Event()
         self._waiters: dict[tuple[str, int], trio.MemorySendChannel] = {}
-        self._io_limiter = trio.CapacityLimiter(1)
+        #: Serialises storage and HSM calls: python-pkcs11 + SoftHSM must never see two
+        #: concurrent calls, so every HSM signature in the process goes through it.
+        self.io_limiter = trio.CapacityLimiter(1)
         self.decode_drops: Counter[str] = Counter()
         self.last_decision: Decision | None = None
 
@@ -88,6 +90,11 @@ class ConsensusDriver:
     async def propose(self, op: bytes) -> Decision:
         """Submit ``op`` and wait until a decision containing it is executed here.
         Returns that :class:`Decision` (its ``seq`` and ``certificate``)."""
+        decision, _ = await self.propose_for_result(op)
+        return decision
+
+    async def propose_for_result(self, op: bytes) -> tuple[Decision, bytes]:
+        """Like :meth:`propose`, also returning the application's result for ``op``."""
         self._next_rid += 1
         key = (self.client_id, self._next_rid)
         send, receive = trio.open_memory_channel[Decision](1)
@@ -95,9 +102,13 @@ class ConsensusDriver:
         try:
             self.replica.propose(op, client=self.client_id, rid=self._next_rid)
             self._wake.set()
-            return await receive.receive()
+            decision = await receive.receive()
         finally:
             self._waiters.pop(key, None)
+        for request, result in zip(decision.batch.requests, decision.results, strict=True):
+            if (request.client, request.rid) == key:
+                return decision, result
+        raise AssertionError("a delivered decision must contain the awaited request")
 
     # ---- the pump ---------------------------------------------------------------------
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -120,11 +131,11 @@ class ConsensusDriver:
     async def _carry_out(self, ready: Ready) -> None:
         if ready.persist:
             await trio.to_thread.run_sync(self._persist, ready.persist,
-                                          limiter=self._io_limiter)
+                                          limiter=self.io_limiter)
         if ready.sign_requests:
             datas = [r.data for r in ready.sign_requests]
             sigs = await trio.to_thread.run_sync(self._sign_all, datas,
-                                                 limiter=self._io_limiter)
+                                                 limiter=self.io_limiter)
             for request, sig in zip(ready.sign_requests, sigs, strict=True):
                 self.replica.signed(request.id, sig)
         for out in ready.messages:

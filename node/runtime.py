@@ -29,7 +29,8 @@ import trio
 
 from consensus.messages import batch_digest, decode_message
 from consensus.persist import restore
-from consensus.replica import Config, Replica
+from consensus.replica import Config
+from consensus.state import NullStateMachine
 from identity.home import IdentityHome
 from identity.libp2p_key import hsm_key_pair
 from identity.pkcs11 import Token
@@ -40,6 +41,13 @@ from node.discovery import Discovery
 from node.driver import CHANNEL, ConsensusDriver
 from node.metrics import Metrics
 from node.storage import Storage
+from node.tasks.api import HandlerRegistry
+from node.tasks.builtin import register_builtin_handlers
+from node.tasks.control import task_handlers
+from node.tasks.engine import TaskEngine
+from node.tasks.meshapp import MeshTaskApp, bound_replica
+from node.tasks.service import MeshTaskService
+from node.tasks.store import TaskStore
 from node.transport.host import LibP2PTransport
 
 log = logging.getLogger("meshnode.node")
@@ -47,6 +55,7 @@ log = logging.getLogger("meshnode.node")
 __all__ = ["NodeRuntime", "decided_value"]
 
 DB_NAME = "data/node.db"
+TASKS_DB_NAME = "data/tasks.db"
 CERT_DIR = "data/certificates"
 
 
@@ -63,6 +72,8 @@ class _Parts:
     driver: ConsensusDriver
     genesis: genesis.Genesis
     discovery: Discovery
+    engine: TaskEngine
+    mesh: MeshTaskService
 
 
 class NodeRuntime:
@@ -75,6 +86,9 @@ class NodeRuntime:
         self.identity = IdentityHome(self.home)
         self.parts: _Parts | None = None
         self.metrics = Metrics()
+        #: Task handlers by type: built-ins and plugins register here.
+        self.registry = HandlerRegistry()
+        register_builtin_handlers(self.registry)
 
     # ---- lifecycle ----------------------------------------------------------------
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -109,7 +123,8 @@ class NodeRuntime:
         if me not in members:
             raise ControlError(f"this node ({me}) is not a member of the genesis in "
                                f"{self.cfg.consensus.genesis}")
-        replica = self._replica(me, members, storage)
+        app = MeshTaskApp(lambda: None, other=NullStateMachine())
+        replica = self._replica(me, members, storage, app)
         driver = ConsensusDriver(
             replica, persist=self._persister(storage),
             sign_all=lambda datas: [signer.sign(d) for d in datas],
@@ -120,7 +135,17 @@ class NodeRuntime:
         discovery = Discovery(self.identity, transport, bootstrap=self.cfg.network.bootstrap,
                               known=[(m.peer_id, m.addrs) for m in gen.members if m.peer_id != me],
                               env=self.env, mdns=net.mdns)
-        self.parts = _Parts(token, storage, transport, driver, gen, discovery)
+        engine = TaskEngine(TaskStore(self.home / TASKS_DB_NAME,
+                                      synchronous=self.cfg.storage.synchronous), self.registry)
+
+        async def sign(data: bytes) -> bytes:
+            return await trio.to_thread.run_sync(signer.sign, data, limiter=driver.io_limiter)
+
+        async def propose(op: bytes) -> bytes:
+            return (await driver.propose_for_result(op))[1]
+
+        mesh = MeshTaskService(app, engine, me=me, propose=propose, sign=sign)
+        self.parts = _Parts(token, storage, transport, driver, gen, discovery, engine, mesh)
         async with trio.open_nursery() as nursery:
             await nursery.start(transport.run)
             for m in gen.members:
@@ -130,6 +155,8 @@ class NodeRuntime:
             await nursery.start(driver.run)
             nursery.start_soon(self._heal, [m.peer_id for m in gen.members if m.peer_id != me])
             await nursery.start(discovery.run)
+            await nursery.start(engine.run)
+            await nursery.start(mesh.run)
             control = ControlServer(self.cfg.path(self.cfg.control.socket), self._handlers())
             await nursery.start(control.run)
             if self.cfg.metrics.listen:
@@ -143,7 +170,7 @@ class NodeRuntime:
             finally:
                 self.metrics.stop()
 
-    def _replica(self, me: str, members: dict[str, bytes], storage: Storage) -> Replica:
+    def _replica(self, me: str, members: dict[str, bytes], storage: Storage, app: MeshTaskApp):
         c = self.cfg.consensus
         tick = c.tick_ms
         cfg = Config(
@@ -152,10 +179,11 @@ class NodeRuntime:
             view_timeout=max(2, c.view_timeout_ms // tick),
         )
         records = storage.records()
+        make = bound_replica()  # points the app at the replica's member set first
         if not records:
-            return Replica(me, members, config=cfg)
+            return make(me, members, config=cfg, app=app)
         log.info("restoring the replica from %d persisted records", len(records))
-        return restore(me, members, records, config=cfg)
+        return restore(me, members, records, config=cfg, app=app, replica_cls=make)
 
     @staticmethod
     def _persister(storage: Storage):
@@ -285,7 +313,8 @@ class NodeRuntime:
                 raise ControlError(str(exc)) from None
 
         return {"status": status, "peers": peers, "propose": propose,
-                "decision": decision, "audit": audit, "wait": wait, "dht_lookup": dht_lookup}
+                "decision": decision, "audit": audit, "wait": wait, "dht_lookup": dht_lookup,
+                **task_handlers(self.parts.engine, mesh=self.parts.mesh)}
 
     def _write_certificate(self, seq: int) -> Path:
         from identity.home import atomic_write

@@ -207,3 +207,34 @@ async def test_garbage_and_oversized_frames_from_a_raw_peer_are_dropped_and_coun
     # The node is unharmed: the mesh still commits.
     assert mesh.control(1, "propose", {"op": b"still alive"})["seq"] >= 1
     mesh.stop_all()
+
+
+def test_local_and_mesh_tasks_run_and_each_mesh_task_has_one_accepted_result(mesh):
+    import hashlib
+
+    from identity.did import public_key_from_peer_id
+    from identity.signer import verify_signature
+    from node.tasks.meshops import result_signing_bytes
+
+    start_all(mesh)
+    local = mesh.control(1, "task.submit", {"type": "echo", "input": b"ping", "wait": True})
+    assert local["state"] == "succeeded" and local["output"] == b"ping"
+    out = json.loads(cli("task", "submit", "sha256", "--input", '"hello"', "--mesh", "--wait",
+                         "--json", "--home", str(mesh.home(2))).stdout)
+    assert out["state"] == "done"
+    accepted = out["accepted"]
+    digest = hashlib.sha256(b'"hello"').hexdigest()
+    assert accepted["output"] == digest and accepted["ok"] is True
+    # The executor signed its result with its HSM key: check it with its public key.
+    signed = result_signing_bytes(out["id"], accepted["attempt"], accepted["node"], True, False,
+                                  digest.encode(), "")
+    sig = bytes.fromhex(accepted["sig"].removeprefix("hex:"))
+    assert verify_signature(public_key_from_peer_id(accepted["node"]), signed, sig)
+    # Every node agrees on the one accepted result and on who produced it.
+    views = [mesh.control(k, "task.wait", {"id": out["id"], "timeout_ms": 60_000},
+                          timeout_s=90) for k in range(1, 5)]
+    assert len({(v["accepted"]["node"], v["accepted"]["seq"]) for v in views}) == 1
+    proc = cli("task", "submit", "no-such-type", "--input", "1", "--wait", "--home",
+               str(mesh.home(3)), check=False)
+    assert proc.returncode == 1 and "no handler" in proc.stdout + proc.stderr
+    mesh.stop_all()
