@@ -240,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     from node import cli_tasks
 
     cli_tasks.register(sub, _add_home)
+    from node import cli_plugins
+
+    cli_plugins.register(sub, _add_home)
     return parser
 
 

@@ -30,6 +30,8 @@ from typing import Any
 
 import tomli_w
 
+from plugins import config as plugins_config
+
 __all__ = ["ConfigError", "NodeConfig", "load", "save"]
 
 CONFIG_NAME = "config.toml"
@@ -103,6 +105,9 @@ class NodeConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
+    #: ``[plugins]``: limits and per-plugin author pins and capability grants
+    #: (:mod:`plugins.config`; docs/plugins.md).
+    plugins: plugins_config.PluginsConfig = field(default_factory=plugins_config.PluginsConfig)
 
     def path(self, relative: str) -> Path:
         """``relative`` resolved against the home directory (absolute paths kept)."""
@@ -110,10 +115,12 @@ class NodeConfig:
         return p if p.is_absolute() else self.home / p
 
     def to_toml(self) -> dict[str, Any]:
-        return {
+        out = {
             name: {f.name: getattr(getattr(self, name), f.name) for f in fields(cls)}
             for name, cls in _SECTIONS.items()
         }
+        out["plugins"] = self.plugins.to_toml()
+        return out
 
 
 def load(home: Path) -> NodeConfig:
@@ -128,6 +135,12 @@ def load(home: Path) -> NodeConfig:
         raise ConfigError(f"{path}: {exc}") from None
     cfg = NodeConfig(home=Path(home))
     for name, table in raw.items():
+        if name == "plugins" and isinstance(table, dict):
+            try:
+                cfg.plugins = plugins_config.parse(table)
+            except ValueError as exc:
+                raise ConfigError(f"{path}: {exc}") from None
+            continue
         cls = _SECTIONS.get(name)
         if cls is None or not isinstance(table, dict):
             raise ConfigError(f"{path}: unknown section [{name}]")

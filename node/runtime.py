@@ -49,6 +49,8 @@ from node.tasks.meshapp import MeshTaskApp, bound_replica
 from node.tasks.service import MeshTaskService
 from node.tasks.store import TaskStore
 from node.transport.host import LibP2PTransport
+from plugins.bridge import TransportPubSub, plugin_operation
+from plugins.host import PluginHost
 
 log = logging.getLogger("meshnode.node")
 
@@ -56,6 +58,8 @@ __all__ = ["NodeRuntime", "decided_value"]
 
 DB_NAME = "data/node.db"
 TASKS_DB_NAME = "data/tasks.db"
+PLUGINS_DB_NAME = "data/plugins.db"
+PLUGIN_CHANNEL_PREFIX = "/meshnode/plugin/"
 CERT_DIR = "data/certificates"
 
 
@@ -74,6 +78,8 @@ class _Parts:
     discovery: Discovery
     engine: TaskEngine
     mesh: MeshTaskService
+    plugins: PluginHost
+    pubsub: TransportPubSub
 
 
 class NodeRuntime:
@@ -114,8 +120,9 @@ class NodeRuntime:
 
     async def _run_parts(self, token, signer, storage, gen, task_status) -> None:
         net = self.cfg.network
+        channels = [CHANNEL, *self.cfg.plugins.pubsub_protocols()]
         transport = LibP2PTransport(
-            hsm_key_pair(signer), net.listen, [CHANNEL], max_frame_bytes=net.max_frame_bytes,
+            hsm_key_pair(signer), net.listen, channels, max_frame_bytes=net.max_frame_bytes,
             rate_per_s=net.inbound_rate_per_s, burst=net.inbound_burst, mdns=net.mdns,
         )
         me = transport.peer_id
@@ -145,7 +152,16 @@ class NodeRuntime:
             return (await driver.propose_for_result(op))[1]
 
         mesh = MeshTaskService(app, engine, me=me, propose=propose, sign=sign)
-        self.parts = _Parts(token, storage, transport, driver, gen, discovery, engine, mesh)
+
+        async def plugin_propose(plugin: str, op: bytes) -> int:
+            return (await driver.propose(plugin_operation(plugin, op))).seq
+
+        pubsub = TransportPubSub(transport)
+        plugin_host = PluginHost(self.registry, self.cfg.plugins,
+                                 kv_path=self.home / PLUGINS_DB_NAME, protect=[self.home],
+                                 propose=plugin_propose, pubsub=pubsub)
+        self.parts = _Parts(token, storage, transport, driver, gen, discovery, engine, mesh,
+                            plugin_host, pubsub)
         async with trio.open_nursery() as nursery:
             await nursery.start(transport.run)
             for m in gen.members:
@@ -157,6 +173,7 @@ class NodeRuntime:
             await nursery.start(discovery.run)
             await nursery.start(engine.run)
             await nursery.start(mesh.run)
+            await nursery.start(plugin_host.run)
             control = ControlServer(self.cfg.path(self.cfg.control.socket), self._handlers())
             await nursery.start(control.run)
             if self.cfg.metrics.listen:
@@ -199,6 +216,8 @@ class NodeRuntime:
         async for msg in parts.transport.inbound:
             if msg.channel == CHANNEL:
                 parts.driver.on_frame(msg.peer_id, msg.payload)
+            elif msg.channel.startswith(PLUGIN_CHANNEL_PREFIX):
+                parts.pubsub.on_inbound(msg.peer_id, msg.channel, msg.payload)
 
     async def _heal(self, peers: list[str]) -> None:
         """Re-dial members that are not connected, with per-peer exponential backoff
@@ -314,7 +333,8 @@ class NodeRuntime:
 
         return {"status": status, "peers": peers, "propose": propose,
                 "decision": decision, "audit": audit, "wait": wait, "dht_lookup": dht_lookup,
-                **task_handlers(self.parts.engine, mesh=self.parts.mesh)}
+                **task_handlers(self.parts.engine, mesh=self.parts.mesh),
+                **self.parts.plugins.control_handlers()}
 
     def _write_certificate(self, seq: int) -> Path:
         from identity.home import atomic_write

@@ -100,8 +100,10 @@ def _disable_auto_connector(host: Any) -> None:
 
 
 def protocol_id(channel: str) -> TProtocol:
-    """The libp2p protocol ID of a channel: ``/meshnode/<channel>/1.0.0``."""
-    return TProtocol(f"/meshnode/{channel}/1.0.0")
+    """The libp2p protocol ID of a channel: ``/meshnode/<channel>/1.0.0``, or the channel
+    itself when it is already a protocol ID (starts with ``/``, e.g. a plugin's
+    ``/meshnode/plugin/<name>/1.0.0``)."""
+    return TProtocol(channel if channel.startswith("/") else f"/meshnode/{channel}/1.0.0")
 
 
 @dataclass(frozen=True, slots=True)

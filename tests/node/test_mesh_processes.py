@@ -9,81 +9,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-from node.control import call
+from process_mesh import cli, start_all
 
 pytestmark = pytest.mark.slow
-
-
-def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "node.cli", *args], capture_output=True,
-                          text=True, timeout=120)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"meshnode {args}: {proc.stderr}")
-    return proc
-
-
-class Mesh:
-    def __init__(self, root: Path, n: int = 4) -> None:
-        self.root = root
-        self.n = n
-        cli("testnet", "--nodes", str(n), "--out", str(root), "--base-port", "0")
-        self.procs: dict[int, subprocess.Popen] = {}
-
-    def home(self, k: int) -> Path:
-        return self.root / f"node{k}"
-
-    def start(self, k: int) -> dict:
-        err = open(self.root / f"node{k}.log", "ab")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "node.cli", "start", "--home", str(self.home(k))],
-            stdout=subprocess.PIPE, stderr=err, text=True)
-        self.procs[k] = proc
-        info = {}
-        for line in proc.stdout:  # blocks until the node prints its identity and addrs
-            key, _, value = line.strip().partition(" ")
-            info.setdefault(key, []).append(value)
-            if key == "listen":
-                return info
-        raise AssertionError(f"node{k} exited: {(self.root / f'node{k}.log').read_text()}")
-
-    def control(self, k: int, method: str, params: dict | None = None, timeout_s: float = 60):
-        return call(self.home(k) / "control.sock", method, params, timeout_s=timeout_s)
-
-    def wait(self, k: int, **cond) -> dict:
-        return self.control(k, "wait", {**cond, "timeout_ms": 60_000}, timeout_s=90)
-
-    def kill(self, k: int, sig: int = signal.SIGKILL) -> int:
-        proc = self.procs.pop(k)
-        proc.send_signal(sig)
-        return proc.wait(timeout=60)
-
-    def stop_all(self) -> None:
-        for k in list(self.procs):
-            self.kill(k, signal.SIGTERM)
-
-    def audit(self, k: int) -> list:
-        return self.control(k, "audit")["entries"]
-
-
-@pytest.fixture
-def mesh(tmp_path):
-    m = Mesh(tmp_path / "tn")
-    yield m
-    for k in list(m.procs):
-        m.kill(k)
-
-
-def start_all(mesh: Mesh) -> None:
-    for k in range(1, mesh.n + 1):
-        mesh.start(k)
-    for k in range(1, mesh.n + 1):
-        mesh.wait(k, peers=mesh.n - 1)
 
 
 def test_four_processes_commit_100_operations_with_identical_logs(mesh, tmp_path):

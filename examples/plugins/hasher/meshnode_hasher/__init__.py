@@ -1,0 +1,1 @@
+"""Example meshnode plugin (see plugin.py)."""
