@@ -1,0 +1,121 @@
+"""Client requests, batching and the replica's timers (Castro & Liskov, TOCS 2002, 4.1-4.2, 4.5.2).
+
+Theory of operation
+-------------------
+Every replica keeps a pool of pending requests (``pending``, arrival order) fed by
+``propose`` and by REQUEST messages from members. Requests already executed (per-client
+request id, :class:`~consensus.state.ReplicatedState`) or already pending are ignored,
+so duplicates cost nothing. The primary cuts a batch when ``batch_size`` requests are
+free (not yet in a pre-prepare) or the oldest free one has waited ``batch_timeout``
+ticks, or when it holds equivocation evidence to commit; it never opens more than
+``max_inflight`` batches beyond the last executed one nor goes past the high watermark.
+
+Timers. A replica that waits for work (pending requests, or accepted pre-prepares not yet
+executed) runs the view-change timer; executing anything restarts it. Every
+``resend_interval`` ticks it re-sends its own messages for unfinished sequence numbers,
+its checkpoint, its view change, and pulls state from one peer when it made no progress
+(anti-entropy). Requests proposed here are re-broadcast once per view timeout until they
+execute, as a PBFT client retransmits.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .messages import Batch, PrePrepare, Request, batch_digest
+
+__all__ = ["RequestsMixin"]
+
+
+class RequestsMixin:
+    """Requests, batching and timers of :class:`consensus.replica.Replica`."""
+
+    # -- requests -----------------------------------------------------------------------
+    def _on_request(self: Any, req: Request, sender: str | None = None) -> None:
+        key = (req.client, req.rid)
+        if key in self.pending or self.state.is_duplicate(req):
+            return
+        if len(self.pending) >= self.cfg.max_pending:
+            self._drop(sender or self.me, "pending-full")
+            return
+        self.pending[key] = req
+        self.pending_since[key] = self.now
+        self._arm_timer()
+        self._maybe_propose()
+
+    def _step_request(self: Any, msg: Request, sender: str) -> None:
+        if sender not in self.members:
+            self._drop(sender, "not-member")
+            return
+        self._on_request(msg, sender)
+
+    def _maybe_propose(self: Any) -> None:
+        if self.in_view_change or self.entering or not self.is_primary():
+            return
+        while self.next_seq <= self.high and self.next_seq - self.last_executed <= \
+                self.cfg.max_inflight:
+            free = [k for k in self.pending if k not in self.inflight]
+            if not free and not self.evidence:
+                return
+            ripe = len(free) >= self.cfg.batch_size or self.evidence or (
+                free and self.now - self.pending_since[free[0]] >= self.cfg.batch_timeout)
+            if not ripe:
+                return
+            reqs = tuple(self.pending[k] for k in free[: self.cfg.batch_size])
+            culprits = sorted(self.evidence)[:16]
+            evid = tuple(self.evidence.pop(k) for k in culprits)
+            batch = Batch(self.view, self.me, reqs, evid)
+            seq = self.next_seq
+            self.next_seq += 1
+            slot = self.slots.get(seq)
+            if slot is not None and (PrePrepare.KIND, self.view) in slot.sent:
+                raise AssertionError(f"second pre-prepare for ({self.view}, {seq})")
+            for k in free[: self.cfg.batch_size]:
+                self.inflight[k] = seq
+            self._sign(PrePrepare(self.view, seq, batch_digest(batch), self.me, batch=batch))
+
+    # -- timers -------------------------------------------------------------------------
+    def current_timeout(self: Any) -> int:
+        t = self.cfg.view_timeout << min(self.failed_views, 30)
+        return min(t, self.cfg.max_view_timeout)
+
+    def _waiting(self: Any) -> bool:
+        if self.pending:
+            return True
+        return any(s.pp is not None and s.cert is None for q, s in self.slots.items()
+                   if q > self.last_executed)
+
+    def _arm_timer(self: Any) -> None:
+        if not self.timer_on and not self.in_view_change and self._waiting():
+            self.timer_on = True
+            self.timer = self.current_timeout()
+
+    def _resend(self: Any) -> None:
+        for seq in sorted(self.slots):
+            if seq <= self.last_executed:
+                continue
+            slot = self.slots[seq]
+            if slot.cert is not None:
+                continue
+            for key in sorted(slot.sent):
+                m = slot.sent[key]
+                if m.sig:
+                    self._send(m, self._others())
+        self._resend_checkpoint_and_view()
+        self._resend_requests()
+        stalled = self.now - self.last_progress >= self.cfg.resend_interval
+        if self.in_view_change or stalled:
+            self._request_state()  # anti-entropy pull: did others decide more?
+        if not self.timer_on:
+            self._arm_timer()
+
+    def _resend_requests(self: Any) -> None:
+        """Re-broadcast requests submitted here (``propose``) that have waited a whole
+        view timeout, as a PBFT client retransmits to all replicas (TOCS 4.1): every
+        replica then times the primary on them and any new primary has them."""
+        wait = self.current_timeout()
+        due = [k for k in self.local
+               if self.now - self.local[k] >= wait and k in self.pending]
+        for k in due[: self.cfg.batch_size]:
+            self.local[k] = self.now
+            self._send(self.pending[k], self._others())

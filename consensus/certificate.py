@@ -1,0 +1,155 @@
+"""Certificates anyone can verify offline with the members' public keys (TOCS 2002, 4.2-4.4).
+
+Theory of operation
+-------------------
+PBFT here signs every protocol message with Ed25519 (not MACs), so its certificates are
+transferable: a third party holding only the member map can check them.
+
+* Commit certificate (:class:`~consensus.messages.CommitCertificate`): the batch plus a
+  quorum of COMMIT(view, seq, digest(batch)) from distinct members. Two honest replicas
+  never hold commit certificates for different batches at one sequence number, because
+  PBFT only commits what a quorum prepared and prepared certificates survive view changes.
+* Stable-checkpoint certificate (:class:`~consensus.messages.CheckpointProof`): a quorum
+  of CHECKPOINT(seq, state_digest).
+* Prepared certificate (:class:`~consensus.messages.PreparedProof`): the pre-prepare
+  (with its batch) plus a quorum of matching PREPAREs from distinct members (the primary
+  prepares too; see :mod:`consensus.replica`).
+
+Each ``verify_*`` returns the certified value or raises a precise
+:class:`CertificateError` subclass. ``verify`` accepts bytes (for certificates stored in
+files: ``encode_message(cert)``) or the decoded object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from identity.signer import verify_signature
+
+from .messages import (
+    Batch,
+    CheckpointProof,
+    CommitCertificate,
+    MessageDecodeError,
+    PreparedProof,
+    batch_digest,
+    decode_message,
+)
+from .quorum import Membership, VerifyFn
+
+__all__ = [
+    "BadSignature", "CertificateError", "Malformed", "NotAMember", "NotEnoughSigners",
+    "WrongDigest", "WrongPrimary", "verify", "verify_checkpoint", "verify_prepared",
+]
+
+
+class CertificateError(ValueError):
+    """A certificate that does not prove what it claims."""
+
+
+class Malformed(CertificateError):
+    """Bytes that do not decode to the expected certificate type."""
+
+
+class NotAMember(CertificateError):
+    """A signature by an id that is not in the member set."""
+
+
+class BadSignature(CertificateError):
+    """A signature that does not verify under the member's public key."""
+
+
+class WrongDigest(CertificateError):
+    """Messages that disagree on view, sequence number or digest with the certified value."""
+
+
+class NotEnoughSigners(CertificateError):
+    """Fewer distinct member signers than the quorum (or than quorum - 1 prepares)."""
+
+
+class WrongPrimary(CertificateError):
+    """A pre-prepare not signed by the primary of its view."""
+
+
+def _members(members: Membership | Mapping[str, bytes]) -> Membership:
+    return members if isinstance(members, Membership) else Membership.of(members)
+
+
+def _check_sig(m: Membership, msg: object, verify: VerifyFn) -> None:
+    key = m.key(msg.sender)  # type: ignore[attr-defined]
+    if key is None:
+        raise NotAMember(f"{msg.sender!r} is not a member")  # type: ignore[attr-defined]
+    if not verify(key, msg.signing_bytes(), msg.sig):  # type: ignore[attr-defined]
+        raise BadSignature(f"bad signature by {msg.sender!r} on {type(msg).__name__}")  # type: ignore[attr-defined]
+
+
+def verify(
+    cert: CommitCertificate | bytes,
+    members: Membership | Mapping[str, bytes],
+    *,
+    verify_fn: VerifyFn = verify_signature,
+) -> Batch:
+    """Verify a commit certificate against ``members`` (``{id: public_key32}``).
+
+    Returns the decided :class:`Batch` (decided at ``cert.seq``). Raises
+    :class:`Malformed`, :class:`WrongDigest`, :class:`NotAMember`, :class:`BadSignature`
+    or :class:`NotEnoughSigners`.
+    """
+    if isinstance(cert, (bytes, bytearray, memoryview)):
+        try:
+            cert = decode_message(bytes(cert))
+        except MessageDecodeError as exc:
+            raise Malformed(f"not a commit certificate: {exc}") from None
+    if not isinstance(cert, CommitCertificate):
+        raise Malformed(f"expected a CommitCertificate, got {type(cert).__name__}")
+    m = _members(members)
+    digest = batch_digest(cert.batch)
+    seen: set[str] = set()
+    for c in cert.commits:
+        if (c.view, c.seq, c.digest) != (cert.view, cert.seq, digest):
+            raise WrongDigest(f"commit by {c.sender!r} is for another view/seq/digest")
+        _check_sig(m, c, verify_fn)
+        seen.add(c.sender)
+    if len(seen) < m.quorum:
+        raise NotEnoughSigners(f"{len(seen)} distinct signers, quorum is {m.quorum}")
+    return cert.batch
+
+
+def verify_checkpoint(
+    proof: CheckpointProof, members: Membership, *, verify_fn: VerifyFn = verify_signature
+) -> bytes:
+    """Verify a stable-checkpoint certificate; returns its state digest. The genesis proof
+    (``seq == 0``, no checkpoints) is accepted as is. Raises :class:`CertificateError`."""
+    if proof.seq == 0 and not proof.checkpoints:
+        return proof.state_digest
+    seen: set[str] = set()
+    for c in proof.checkpoints:
+        if (c.seq, c.state_digest) != (proof.seq, proof.state_digest):
+            raise WrongDigest(f"checkpoint by {c.sender!r} is for another seq/digest")
+        _check_sig(members, c, verify_fn)
+        seen.add(c.sender)
+    if len(seen) < members.quorum:
+        raise NotEnoughSigners(f"{len(seen)} checkpoint signers, quorum is {members.quorum}")
+    return proof.state_digest
+
+
+def verify_prepared(
+    proof: PreparedProof, members: Membership, *, verify_fn: VerifyFn = verify_signature
+) -> Batch:
+    """Verify a prepared certificate: the pre-prepare carries a batch matching its digest
+    and is signed by a member, and a quorum of distinct members signed matching
+    PREPAREs (the primary prepares too, so this holds without knowing who the primary of
+    the view was). Returns the batch. Raises :class:`CertificateError`."""
+    pp = proof.pre_prepare
+    if pp.batch is None or batch_digest(pp.batch) != pp.digest:
+        raise WrongDigest("pre-prepare batch missing or does not match its digest")
+    _check_sig(members, pp, verify_fn)
+    seen: set[str] = set()
+    for p in proof.prepares:
+        if (p.view, p.seq, p.digest) != (pp.view, pp.seq, pp.digest):
+            raise WrongDigest(f"prepare by {p.sender!r} does not match the pre-prepare")
+        _check_sig(members, p, verify_fn)
+        seen.add(p.sender)
+    if len(seen) < members.quorum:
+        raise NotEnoughSigners(f"{len(seen)} prepares, quorum is {members.quorum}")
+    return pp.batch

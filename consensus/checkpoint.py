@@ -1,0 +1,249 @@
+"""Checkpoints, watermarks, log garbage collection and state transfer (TOCS 2002, 4.3, 6.2).
+
+Theory of operation
+-------------------
+After executing a sequence number ``n`` with ``n % K == 0`` a replica snapshots its
+replicated state (:class:`~consensus.state.ReplicatedState`), keeps the snapshot and
+broadcasts a signed CHECKPOINT(n, sha256(snapshot)). A quorum of matching CHECKPOINTs is
+a stable-checkpoint certificate: the replica then sets its low watermark ``low = n``
+(high watermark ``low + window``), discards log entries and snapshots at or below ``n``
+(garbage collection), persists a ``"stable"`` record and freezes the leader-reputation
+and member set of the new window (both read from the snapshot at ``n``, so all replicas
+with that stable checkpoint agree on them).
+
+State transfer. A replica learns it is behind when it holds a stable-checkpoint
+certificate above its last executed sequence number, when ``f + 1`` members send it
+messages above its high watermark, or when it sees a commit quorum for a batch it never
+received. It then sends STATE-REQUEST(from) to a peer (rotating, at most once per
+``resend_interval`` ticks). The reply carries the peer's stable checkpoint certificate,
+the snapshot at it (when the requester is below it) and commit certificates for the
+decided batches after it. The requester verifies the checkpoint certificate and that the
+snapshot hashes to its digest, installs it, then verifies every commit certificate
+(:func:`consensus.certificate.verify`) before executing its batch: a faulty peer can
+delay a replica but never make it apply anything undecided.
+
+Each member's CHECKPOINT votes are kept only for its newest sequence number (memory is
+bounded by ``n``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from identity.canonical import encode
+
+from .certificate import CertificateError, verify, verify_checkpoint
+from .leader import Reputation
+from .messages import Checkpoint, CheckpointProof, StateReply, StateRequest, sha256
+
+__all__ = ["CheckpointMixin"]
+
+
+class CheckpointMixin:
+    """Checkpoint and state-transfer behaviour of :class:`consensus.replica.Replica`."""
+
+    def _init_checkpoints(self: Any) -> None:
+        snap = self.state.snapshot()
+        digest = sha256(snap)
+        self.low = 0
+        self.stable_proof = CheckpointProof(0, digest, ())
+        self.snapshots: dict[int, tuple[bytes, bytes, Reputation, Any]] = {
+            0: (snap, digest, self.state.reputation.copy(), self.state.members)}
+        self.ckpt_votes: dict[int, dict[bytes, dict[str, Checkpoint]]] = {}
+        self.ckpt_latest: dict[str, int] = {}
+        self.my_ckpt: Checkpoint | None = None
+        self.stable_reputation = self.state.reputation.copy()
+        self.window_members = self.state.members
+        self.others_cache = tuple(i for i in self.window_members.ids if i != self.me)
+        self.last_fetch = -(10**9)
+        self.fetch_round = 0
+        self.ahead: dict[str, int] = {}
+        self.helped: dict[str, int] = {}
+        self.target: CheckpointProof | None = None
+
+    @property
+    def high(self: Any) -> int:
+        """High watermark: ``low + window``, never past a pending membership change."""
+        h = self.low + self.cfg.window
+        pend = self.state.pending_members
+        return min(h, pend[0]) if pend is not None and pend[0] > self.low else h
+
+    # -- checkpoints --------------------------------------------------------------------
+    def _after_execute(self: Any, seq: int) -> None:
+        if seq % self.cfg.checkpoint_interval:
+            return
+        snap = self.state.snapshot()
+        digest = sha256(snap)
+        self.snapshots[seq] = (snap, digest, self.state.reputation.copy(), self.state.members)
+        self._sign(Checkpoint(seq, digest, self.me))
+
+    def _step_checkpoint(self: Any, c: Checkpoint, sender: str) -> None:
+        if c.seq <= self.low or c.seq % self.cfg.checkpoint_interval:
+            self._drop(sender, "stale-checkpoint")
+            self._help_behind(c.sender, c.seq)
+            return
+        if c.sender != self.me and not self.members.check_signed(c, self.verify):
+            self._drop(sender, "bad-signature")
+            return
+        if c.sender == self.me:
+            self.my_ckpt = c
+        prev = self.ckpt_latest.get(c.sender, 0)
+        if c.seq < prev:
+            return
+        if c.seq > prev and prev:
+            for votes in self.ckpt_votes.get(prev, {}).values():
+                votes.pop(c.sender, None)
+        self.ckpt_latest[c.sender] = c.seq
+        votes = self.ckpt_votes.setdefault(c.seq, {}).setdefault(c.state_digest, {})
+        votes.setdefault(c.sender, c)
+        if len(votes) >= self.members.quorum:
+            chosen = tuple(votes[s] for s in sorted(votes))[: self.members.quorum]
+            self._on_stable_proof(CheckpointProof(c.seq, c.state_digest, chosen))
+
+    def _on_stable_proof(self: Any, proof: CheckpointProof) -> None:
+        if proof.seq <= self.low:
+            return
+        if proof.seq > self.last_executed:
+            if self.target is None or proof.seq > self.target.seq:
+                self.target = proof
+            self._request_state()
+            return
+        mine = self.snapshots.get(proof.seq)
+        if mine is None:
+            return  # executed via a snapshot above it; a later checkpoint will do
+        if mine[1] != proof.state_digest:
+            raise AssertionError(f"state diverged at checkpoint {proof.seq}")
+        self._make_stable(proof)
+
+    def _make_stable(self: Any, proof: CheckpointProof) -> None:
+        snap, _digest, rep, members = self.snapshots[proof.seq]
+        self.low = proof.seq
+        self.stable_proof = proof
+        self.stable_reputation = rep
+        if members != self.window_members:
+            self.window_members = members
+            self.others_cache = tuple(i for i in members.ids if i != self.me)
+        for q in [q for q in self.slots if q <= proof.seq]:
+            del self.slots[q]
+        for q in [q for q in self.snapshots if q < proof.seq]:
+            del self.snapshots[q]
+        for q in [q for q in self.ckpt_votes if q <= proof.seq]:
+            del self.ckpt_votes[q]
+        self.known_prepared = {k for k in self.known_prepared if k[1] > proof.seq}
+        if self.target is not None and self.target.seq <= proof.seq:
+            self.target = None
+        self.next_seq = max(self.next_seq, proof.seq + 1)
+        self._persist("stable", proof.seq, encode([proof.wire(), snap, self.view]))
+        self._maybe_propose()
+
+    def _resend_checkpoint_and_view(self: Any) -> None:
+        if self.my_ckpt is not None and self.my_ckpt.seq > self.low:
+            self._send(self.my_ckpt, self._others())
+        if self.target is not None:
+            self._request_state()
+        self._resend_view()
+
+    # -- state transfer -----------------------------------------------------------------
+    def _behind_hint(self: Any, msg: Any, sender: str) -> None:
+        if msg.seq <= self.high or sender not in self.members:
+            return
+        self.ahead[sender] = max(self.ahead.get(sender, 0), msg.seq)
+        if sum(1 for s in self.ahead.values() if s > self.high) >= self.members.weak:
+            self._request_state()
+
+    def _need_batch(self: Any, seq: int) -> None:
+        self._request_state()
+
+    def _request_state(self: Any) -> None:
+        if self.now - self.last_fetch < self.cfg.resend_interval:
+            return
+        self.last_fetch = self.now
+        peers = self._others()
+        if self.target is not None:
+            signers = [c.sender for c in self.target.checkpoints if c.sender != self.me]
+            peers = tuple(signers) or peers
+        if not peers:
+            return
+        peer = peers[self.fetch_round % len(peers)]
+        self.fetch_round += 1
+        self._send(StateRequest(self.last_executed + 1), (peer,))
+
+    def _probe(self: Any) -> None:
+        """Ask ``f + 1`` peers for newer state (after a restart: one of them is honest)."""
+        peers = self._others()
+        for k in range(min(self.members.weak, len(peers))):
+            self._send(StateRequest(self.last_executed + 1), (peers[(self.fetch_round + k)
+                                                                  % len(peers)],))
+        self.fetch_round += self.members.weak
+        self.last_fetch = self.now
+
+    def _help_behind(self: Any, member: str, their_seq: int) -> None:
+        """``member`` sent something at or below our low watermark: it is behind. Send it
+        our stable checkpoint and what follows (at most once per ``resend_interval``)."""
+        if member == self.me or member not in self.members or their_seq > self.low:
+            return
+        if self.now - self.helped.get(member, -(10**9)) < self.cfg.resend_interval:
+            return
+        self.helped[member] = self.now
+        self._step_state_request(StateRequest(their_seq), member)
+
+    def _step_state_request(self: Any, req: StateRequest, sender: str) -> None:
+        pend = self.state.pending_members
+        known = sender in self.members or (pend is not None and sender in pend[1])
+        if not known or sender == self.me:
+            self._drop(sender, "not-member")
+            return
+        if req.from_seq > self.last_executed:
+            return
+        snapshot = self.snapshots[self.low][0] if req.from_seq <= self.low else b""
+        start = max(req.from_seq, self.low + 1)
+        certs = []
+        for q in range(start, min(self.last_executed, start + self.cfg.window - 1) + 1):
+            slot = self.slots.get(q)
+            if slot is None or slot.cert is None:
+                break
+            certs.append(slot.cert)
+        self._send(StateReply(self.stable_proof, snapshot, tuple(certs)), (sender,))
+
+    def _step_state_reply(self: Any, rep: StateReply, sender: str) -> None:
+        proof = rep.checkpoint
+        if proof.seq > self.low:
+            try:
+                verify_checkpoint(proof, self.members, verify_fn=self.verify)
+            except CertificateError:
+                self._drop(sender, "bad-checkpoint-proof")
+                return
+            if proof.seq <= self.last_executed:
+                self._on_stable_proof(proof)   # we missed the CHECKPOINT quorum only
+            elif rep.snapshot:
+                if sha256(rep.snapshot) != proof.state_digest:
+                    self._drop(sender, "bad-snapshot")
+                    return
+                self._install_snapshot(proof, rep.snapshot)
+        for cert in rep.decided:
+            if cert.seq != self.last_executed + 1:
+                continue
+            try:
+                verify(cert, self.members, verify_fn=self.verify)
+            except CertificateError:
+                self._drop(sender, "bad-commit-certificate")
+                return
+            slot = self.slots.setdefault(cert.seq, self._new_slot())
+            slot.cert = cert
+            self._execute_ready()
+
+    def _install_snapshot(self: Any, proof: CheckpointProof, snap: bytes) -> None:
+        try:
+            self.state.restore(snap)
+        except ValueError:
+            raise AssertionError("a certified snapshot failed to restore") from None
+        self.snapshots[proof.seq] = (snap, proof.state_digest, self.state.reputation.copy(),
+                                     self.state.members)
+        for key in [k for k, r in self.pending.items() if self.state.is_duplicate(r)]:
+            self.pending.pop(key)
+            self.pending_since.pop(key, None)
+            self.inflight.pop(key, None)
+        self._make_stable(proof)
+        if not self.in_view_change:
+            self.timer_on = False
+            self._arm_timer()

@@ -1,0 +1,398 @@
+"""PBFT protocol messages and their strict wire codec (Castro & Liskov, TOCS 2002, 4.2-4.5).
+
+Theory of operation
+-------------------
+Every message is a frozen, slotted dataclass. On the wire a message is the canonical
+msgpack array ``[KIND, field, field, ...]`` (:mod:`identity.canonical`), nested messages
+as nested arrays. Each class declares ``_SPEC``: the ordered fields with their wire type,
+so one generic encoder and one generic, strict decoder serve every message:
+
+* ``int``     a non-negative integer below 2**63 (views, sequence numbers, ids);
+* ``str``     a UTF-8 string of at most 256 bytes (PeerIds, client ids);
+* ``bytes``   with an exact length (digests 32, signatures 64) or a maximum length;
+* a message class, a tuple of a message class, or ``None``-able message class.
+
+Signed messages (pre-prepare, prepare, commit, checkpoint, view-change, new-view) are
+signed with Ed25519 over :meth:`signing_bytes`: the canonical encoding of
+``[DOMAIN, KIND, fields...]`` without the signature (and, for a pre-prepare, without the
+batch, which the signed digest already binds). ``sender`` is the signer's member id; the
+receiver looks the key up in its member map. The signing bytes are cached on the object
+so a simulator that hands one object to 100 replicas encodes it once.
+
+:func:`decode_message` turns arbitrary bytes into a message or raises
+:class:`MessageDecodeError` (a :class:`identity.canonical.DecodeError`) and nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import msgpack
+
+from identity.canonical import DecodeError, decode
+
+__all__ = [
+    "DOMAIN", "Batch", "Checkpoint", "CheckpointProof", "Commit", "CommitCertificate",
+    "Evidence", "Message", "MessageDecodeError", "NewView", "PrePrepare", "Prepare",
+    "PreparedProof", "Request", "StateReply", "StateRequest", "ViewChange",
+    "batch_digest", "decode_message", "encode_message", "sha256",
+]
+
+#: Domain separation prefix of every signed PBFT message.
+DOMAIN = "meshnode/pbft/1"
+_MAX_INT = 2**63 - 1
+_MAX_STR = 256
+_MAX_OP = 1024 * 1024
+_MAX_ITEMS = 4096
+
+
+class MessageDecodeError(DecodeError):
+    """Bytes that are not one well-formed PBFT message (the only error decode raises)."""
+
+
+def sha256(data: bytes) -> bytes:
+    """The 32-byte SHA-256 digest of ``data``."""
+    return hashlib.sha256(data).digest()
+
+
+class _Wire:
+    """Mixin: generic to-wire / from-wire driven by the class's ``_SPEC``."""
+
+    __slots__ = ()
+    KIND: ClassVar[int]
+    _SPEC: ClassVar[tuple[tuple[str, Any], ...]]
+
+    def wire(self) -> list[Any]:
+        return [self.KIND] + [_to_wire(getattr(self, n), t) for n, t in self._SPEC]
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> Any:
+        if not isinstance(obj, list) or len(obj) != len(cls._SPEC) + 1 or obj[0] != cls.KIND:
+            raise MessageDecodeError(f"not a {cls.__name__}")
+        values = [_from_wire(v, t, n) for v, (n, t) in zip(obj[1:], cls._SPEC, strict=True)]
+        return cls(*values)
+
+
+class _Signed(_Wire):
+    """Mixin for signed messages: ``sender`` and ``sig`` are the last two fields."""
+
+    __slots__ = ()
+    _UNSIGNED: ClassVar[frozenset[str]] = frozenset({"sig"})
+
+    def wire(self) -> list[Any]:
+        cached = self._w  # type: ignore[attr-defined]
+        if cached is None:
+            cached = _Wire.wire(self)
+            object.__setattr__(self, "_w", cached)
+        return cached
+
+    def signing_bytes(self) -> bytes:
+        """Canonical bytes the sender signs: ``[DOMAIN, KIND, fields except sig]``."""
+        cached = self._sb  # type: ignore[attr-defined]
+        if cached is None:
+            body = [_to_wire(getattr(self, n), t) for n, t in self._SPEC if n not in self._UNSIGNED]
+            cached = _pack([DOMAIN, self.KIND, *body])
+            object.__setattr__(self, "_sb", cached)
+        return cached
+
+
+def _pack(obj: Any) -> bytes:
+    """Canonical encoding of a wire value. Wire values are arrays of ints, strs, bytes,
+    bools and None only (no maps, no floats), for which plain msgpack with the bin type
+    *is* the canonical form of :func:`identity.canonical.encode` (same bytes, checked in
+    the tests), without its per-node normalisation pass."""
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def _to_wire(value: Any, typ: Any) -> Any:
+    if isinstance(typ, tuple):  # ("tuple", Cls) or ("opt", Cls)
+        kind, cls = typ
+        if kind == "tuple":
+            return [v.wire() for v in value]
+        return None if value is None else value.wire()
+    if isinstance(typ, type) and issubclass(typ, _Wire):
+        return value.wire()
+    return value
+
+
+def _from_wire(value: Any, typ: Any, name: str) -> Any:
+    if isinstance(typ, tuple):
+        kind, cls = typ
+        if kind == "tuple":
+            if not isinstance(value, list) or len(value) > _MAX_ITEMS:
+                raise MessageDecodeError(f"{name}: expected a list")
+            return tuple(cls.from_wire(v) for v in value)
+        return None if value is None else cls.from_wire(value)
+    if isinstance(typ, type) and issubclass(typ, _Wire):
+        return typ.from_wire(value)
+    if typ == "int":
+        if type(value) is not int or not 0 <= value <= _MAX_INT:
+            raise MessageDecodeError(f"{name}: expected a non-negative int")
+        return value
+    if typ == "str":
+        if type(value) is not str or len(value.encode("utf-8")) > _MAX_STR:
+            raise MessageDecodeError(f"{name}: expected a short str")
+        return value
+    if typ == "bool":
+        if type(value) is not bool:
+            raise MessageDecodeError(f"{name}: expected a bool")
+        return value
+    # bytes: "b32", "b64" exact; "bytes" bounded
+    if type(value) is not bytes:
+        raise MessageDecodeError(f"{name}: expected bytes")
+    if typ == "b32" and len(value) != 32 or typ == "b64" and len(value) != 64:
+        raise MessageDecodeError(f"{name}: wrong length {len(value)}")
+    if typ == "bytes" and len(value) > _MAX_OP:
+        raise MessageDecodeError(f"{name}: too long")
+    return value
+
+
+def _sig() -> Any:
+    return field(default=b"", compare=True)
+
+
+def _cache() -> Any:
+    """A memo slot (signing bytes, wire form): not an init argument, so
+    ``dataclasses.replace`` never copies a stale memo into the new message."""
+    return field(default=None, init=False, compare=False, repr=False, hash=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Request(_Wire):
+    """A client operation: ``client`` id, per-client request id ``rid`` (dedup), ``op``."""
+
+    client: str
+    rid: int
+    op: bytes
+    KIND: ClassVar[int] = 1
+    _SPEC: ClassVar = (("client", "str"), ("rid", "int"), ("op", "bytes"))
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence(_Wire):
+    """Two validly signed, conflicting messages (same kind, sender, view, sequence number,
+    different digests) from one replica: proof of equivocation. ``a``/``b`` are wire
+    bytes of the two messages, ordered so that ``a < b``."""
+
+    a: bytes
+    b: bytes
+    KIND: ClassVar[int] = 2
+    _SPEC: ClassVar = (("a", "bytes"), ("b", "bytes"))
+
+
+@dataclass(frozen=True, slots=True)
+class Batch(_Wire):
+    """The value agreed at one sequence number: requests in order, plus committed evidence.
+
+    ``view`` and ``primary`` name the view and primary that created the batch; they are
+    part of the digest, so the committed log records which view produced each batch
+    (leader reputation reads it). A null batch (no requests) fills gaps in a new view.
+    """
+
+    view: int
+    primary: str
+    requests: tuple[Request, ...] = ()
+    evidence: tuple[Evidence, ...] = ()
+    KIND: ClassVar[int] = 3
+    _SPEC: ClassVar = (("view", "int"), ("primary", "str"), ("requests", ("tuple", Request)),
+                       ("evidence", ("tuple", Evidence)))
+
+
+def batch_digest(batch: Batch) -> bytes:
+    """SHA-256 of the batch's canonical encoding (the ``digest`` field of the protocol)."""
+    return sha256(_pack(batch.wire()))
+
+
+@dataclass(frozen=True, slots=True)
+class PrePrepare(_Signed):
+    """PRE-PREPARE(v, n, d) by the primary of view ``view`` (TOCS 4.2). ``batch`` travels
+    with it but is not signed (the digest binds it); it is None inside certificates."""
+
+    view: int
+    seq: int
+    digest: bytes
+    sender: str
+    sig: bytes = _sig()
+    batch: Batch | None = None
+    _sb: bytes | None = _cache()
+    _w: list[Any] | None = _cache()
+    KIND: ClassVar[int] = 10
+    _SPEC: ClassVar = (("view", "int"), ("seq", "int"), ("digest", "b32"), ("sender", "str"),
+                       ("sig", "b64"), ("batch", ("opt", Batch)))
+    _UNSIGNED: ClassVar = frozenset({"sig", "batch"})
+
+
+@dataclass(frozen=True, slots=True)
+class Prepare(_Signed):
+    """PREPARE(v, n, d, i) by a backup (TOCS 4.2)."""
+
+    view: int
+    seq: int
+    digest: bytes
+    sender: str
+    sig: bytes = _sig()
+    _sb: bytes | None = _cache()
+    _w: list[Any] | None = _cache()
+    KIND: ClassVar[int] = 11
+    _SPEC: ClassVar = (("view", "int"), ("seq", "int"), ("digest", "b32"), ("sender", "str"),
+                       ("sig", "b64"))
+
+
+@dataclass(frozen=True, slots=True)
+class Commit(_Signed):
+    """COMMIT(v, n, d, i) (TOCS 4.2); a quorum of them is a commit certificate."""
+
+    view: int
+    seq: int
+    digest: bytes
+    sender: str
+    sig: bytes = _sig()
+    _sb: bytes | None = _cache()
+    _w: list[Any] | None = _cache()
+    KIND: ClassVar[int] = 12
+    _SPEC: ClassVar = (("view", "int"), ("seq", "int"), ("digest", "b32"), ("sender", "str"),
+                       ("sig", "b64"))
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint(_Signed):
+    """CHECKPOINT(n, d, i): the state digest after executing sequence number n (TOCS 4.3)."""
+
+    seq: int
+    state_digest: bytes
+    sender: str
+    sig: bytes = _sig()
+    _sb: bytes | None = _cache()
+    _w: list[Any] | None = _cache()
+    KIND: ClassVar[int] = 13
+    _SPEC: ClassVar = (("seq", "int"), ("state_digest", "b32"), ("sender", "str"),
+                       ("sig", "b64"))
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointProof(_Wire):
+    """A stable-checkpoint certificate: a quorum of CHECKPOINT(seq, state_digest) from
+    distinct members. ``seq == 0`` with no checkpoints is the genesis proof."""
+
+    seq: int
+    state_digest: bytes
+    checkpoints: tuple[Checkpoint, ...] = ()
+    KIND: ClassVar[int] = 20
+    _SPEC: ClassVar = (("seq", "int"), ("state_digest", "b32"),
+                       ("checkpoints", ("tuple", Checkpoint)))
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedProof(_Wire):
+    """A prepared certificate (TOCS 4.4): the pre-prepare (with its batch) and a quorum of
+    matching prepares from distinct members (the primary prepares too)."""
+
+    pre_prepare: PrePrepare
+    prepares: tuple[Prepare, ...]
+    KIND: ClassVar[int] = 21
+    _SPEC: ClassVar = (("pre_prepare", PrePrepare), ("prepares", ("tuple", Prepare)))
+
+
+@dataclass(frozen=True, slots=True)
+class CommitCertificate(_Wire):
+    """A quorum of COMMIT(view, seq, digest(batch)) from distinct members plus the batch:
+    proof that ``batch`` was decided at ``seq``. Verify with
+    :func:`consensus.certificate.verify`."""
+
+    seq: int
+    view: int
+    batch: Batch
+    commits: tuple[Commit, ...]
+    KIND: ClassVar[int] = 22
+    _SPEC: ClassVar = (("seq", "int"), ("view", "int"), ("batch", Batch),
+                       ("commits", ("tuple", Commit)))
+
+
+@dataclass(frozen=True, slots=True)
+class ViewChange(_Signed):
+    """VIEW-CHANGE(v+1, n, C, P, i) (TOCS 4.4): ``checkpoint`` is the sender's stable
+    checkpoint proof (n and C), ``prepared`` its prepared certificates above it (P)."""
+
+    new_view: int
+    checkpoint: CheckpointProof
+    prepared: tuple[PreparedProof, ...]
+    sender: str
+    sig: bytes = _sig()
+    _sb: bytes | None = _cache()
+    _w: list[Any] | None = _cache()
+    KIND: ClassVar[int] = 14
+    _SPEC: ClassVar = (("new_view", "int"), ("checkpoint", CheckpointProof),
+                       ("prepared", ("tuple", PreparedProof)), ("sender", "str"),
+                       ("sig", "b64"))
+
+
+@dataclass(frozen=True, slots=True)
+class NewView(_Signed):
+    """NEW-VIEW(v+1, V, O) (TOCS 4.4): a quorum of view-changes and the pre-prepares the
+    new primary derived from them (each receiver recomputes O and compares)."""
+
+    view: int
+    view_changes: tuple[ViewChange, ...]
+    pre_prepares: tuple[PrePrepare, ...]
+    sender: str
+    sig: bytes = _sig()
+    _sb: bytes | None = _cache()
+    _w: list[Any] | None = _cache()
+    KIND: ClassVar[int] = 15
+    _SPEC: ClassVar = (("view", "int"), ("view_changes", ("tuple", ViewChange)),
+                       ("pre_prepares", ("tuple", PrePrepare)), ("sender", "str"),
+                       ("sig", "b64"))
+
+
+@dataclass(frozen=True, slots=True)
+class StateRequest(_Wire):
+    """Ask a peer for decided batches from sequence number ``from_seq`` on (state transfer).
+    Unsigned: the reply is self-certifying."""
+
+    from_seq: int
+    KIND: ClassVar[int] = 30
+    _SPEC: ClassVar = (("from_seq", "int"),)
+
+
+@dataclass(frozen=True, slots=True)
+class StateReply(_Wire):
+    """State transfer reply: the responder's stable checkpoint proof, the replicated-state
+    snapshot at it (empty when the requester does not need it), and commit certificates
+    for the decided batches after it, in sequence order."""
+
+    checkpoint: CheckpointProof
+    snapshot: bytes
+    decided: tuple[CommitCertificate, ...]
+    KIND: ClassVar[int] = 31
+    _SPEC: ClassVar = (("checkpoint", CheckpointProof), ("snapshot", "bytes"),
+                       ("decided", ("tuple", CommitCertificate)))
+
+
+Message = (Request | PrePrepare | Prepare | Commit | Checkpoint | ViewChange | NewView
+           | StateRequest | StateReply)
+_TOP = {c.KIND: c for c in (Request, PrePrepare, Prepare, Commit, Checkpoint, ViewChange,
+                            NewView, StateRequest, StateReply, CommitCertificate, Evidence,
+                            PreparedProof, CheckpointProof, Batch)}
+
+
+def encode_message(msg: Any) -> bytes:
+    """Canonical wire bytes of a message (or certificate / evidence)."""
+    return _pack(msg.wire())
+
+
+def decode_message(data: bytes) -> Any:
+    """Decode wire bytes into a message. Raises only :class:`MessageDecodeError`."""
+    try:
+        obj = decode(data)
+    except DecodeError as exc:
+        raise MessageDecodeError(str(exc)) from None
+    if not isinstance(obj, list) or not obj or type(obj[0]) is not int or obj[0] not in _TOP:
+        raise MessageDecodeError("unknown message kind")
+    try:
+        return _TOP[obj[0]].from_wire(obj)
+    except MessageDecodeError:
+        raise
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise MessageDecodeError(f"malformed message: {exc}") from None

@@ -1,0 +1,508 @@
+"""The PBFT replica: a pure state machine (Castro & Liskov, TOCS 2002, section 4).
+
+Theory of operation
+-------------------
+Inputs: ``step(msg, sender=...)`` (a decoded message from the network), ``tick()`` (one
+logical time unit), ``propose(op)`` (a local client operation) and ``signed(id, sig)``
+(a signature the driver made for a :class:`~consensus.effects.SignRequest`). Outputs
+accumulate in a :class:`~consensus.effects.Ready` (``ready()`` / ``advance()``).
+Nothing here does I/O, reads a clock or draws randomness; equal inputs give equal outputs.
+
+Normal case (4.2). Requests are broadcast to every replica (each keeps a pending pool, so
+any future primary has them and every backup can time the primary). The primary of the
+view cuts a batch when ``batch_size`` requests are pending or the oldest has waited
+``batch_timeout`` ticks, assigns the next sequence number inside the watermarks
+(low < n <= low + window) and signs PRE-PREPARE(v, n, d). A backup that accepts it (right
+primary, view, window, digest, no other pre-prepare for (v, n)) signs PREPARE; so does
+the primary. With the pre-prepare and a quorum of matching PREPAREs a replica is
+*prepared*: it persists the prepared certificate and signs COMMIT. A quorum of COMMITs
+for (v, n, d) plus the batch is a commit certificate; batches execute strictly in
+sequence order. Own signed messages are fed back through the same handlers as remote ones.
+
+One deliberate change from the paper: the primary also sends a PREPARE, and a prepared
+certificate is a quorum of PREPAREs (plus the pre-prepare carrying the batch) instead of
+the pre-prepare plus ``2f`` prepares. It costs ``n - 1`` messages per batch and buys
+safety that does not depend on replicas agreeing who the primary of a view was (two
+prepared certificates for one (v, n) share an honest preparer by quorum intersection
+alone), which is what lets the primary be a function of reputation
+(:mod:`consensus.leader`).
+
+Checkpoints, watermarks, garbage collection and state transfer live in
+:mod:`consensus.checkpoint`; view changes in :mod:`consensus.viewchange`; restart from
+persisted records in :mod:`consensus.persist`.
+
+Timers (ticks). While a replica waits for work to execute (pending requests or accepted
+pre-prepares) and makes no progress for ``timeout`` ticks it starts a view change. The
+timeout is ``view_timeout * 2**k`` where ``k`` counts view changes since the last
+progress (capped at ``max_view_timeout``); it resets after any execution. Own messages
+for unfinished work are re-sent every ``resend_interval`` ticks (messages may be lost).
+
+Bad remote input never raises: it is dropped and counted in ``drops[sender][reason]``.
+A broken local invariant raises ``AssertionError`` (crash-only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from identity.signer import Signer, verify_signature
+
+from .batching import RequestsMixin
+from .checkpoint import CheckpointMixin
+from .effects import Decision, Outbound, Ready, Record, SignRequest
+from .evidence import make_evidence
+from .leader import primary as choose_primary
+from .messages import (
+    Batch,
+    Checkpoint,
+    Commit,
+    CommitCertificate,
+    Evidence,
+    NewView,
+    Prepare,
+    PreparedProof,
+    PrePrepare,
+    Request,
+    StateReply,
+    StateRequest,
+    ViewChange,
+    batch_digest,
+    encode_message,
+)
+from .quorum import Membership, VerifyFn
+from .state import NullStateMachine, ReplicatedState, StateMachine
+from .viewchange import ViewChangeMixin
+
+__all__ = ["Config", "Replica", "Slot"]
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Replica parameters. Durations are in ticks (the driver maps one tick to wall time,
+    e.g. 10 ms; the simulator to one step of its clock)."""
+
+    checkpoint_interval: int = 16      #: K: a checkpoint every K sequence numbers (4.3)
+    window: int = 64                   #: L = high - low watermark; a multiple of K
+    batch_size: int = 64               #: max requests per batch
+    batch_timeout: int = 1             #: ticks the primary waits to fill a batch
+    max_inflight: int = 16             #: batches the primary has open at once
+    view_timeout: int = 20             #: base view-change timeout
+    max_view_timeout: int = 2560       #: cap of the exponentially growing timeout
+    resend_interval: int = 8           #: ticks between re-sends of own unfinished messages
+    max_pending: int = 65536           #: pending request pool bound
+    reputation: bool = True            #: reputation-aware primaries (else round robin)
+
+    def __post_init__(self) -> None:
+        if self.window % self.checkpoint_interval or self.window < self.checkpoint_interval:
+            raise ValueError("window must be a positive multiple of checkpoint_interval")
+
+
+class Slot:
+    """Protocol state for one sequence number (the PBFT message log entry)."""
+
+    __slots__ = ("pp", "batches", "prepares", "commits", "voted", "prepared", "sent", "cert")
+
+    def __init__(self) -> None:
+        self.pp: PrePrepare | None = None                    # accepted, highest view
+        self.batches: dict[bytes, Batch] = {}                # digest -> batch
+        self.prepares: dict[tuple[int, bytes], dict[str, Prepare]] = {}
+        self.commits: dict[tuple[int, bytes], dict[str, Commit]] = {}
+        self.voted: dict[tuple[int, int, str], Any] = {}     # (KIND, view, sender) -> vote
+        self.prepared: PreparedProof | None = None           # highest-view certificate
+        self.sent: dict[tuple[int, int], Any] = {}           # (KIND, view) -> own msg
+        self.cert: CommitCertificate | None = None
+
+
+class Replica(RequestsMixin, CheckpointMixin, ViewChangeMixin):
+    """One PBFT replica. See the module docstring for the protocol.
+
+    ``Replica(me, members, *, config=Config(), app=None, verify=verify_signature,
+    signer=None)``: ``me`` is this replica's member id, ``members`` a ``{id: public_key32}``
+    map (or :class:`Membership`), ``app`` the replicated :class:`StateMachine`,
+    ``verify(pk, data, sig) -> bool`` the (cacheable) signature check, ``signer`` an
+    optional in-process signer: when given, the core signs inline instead of emitting
+    sign requests (simulator convenience; a node passes None and signs via the HSM).
+    """
+
+    def __init__(
+        self,
+        me: str,
+        members: Membership | dict[str, bytes],
+        *,
+        config: Config | None = None,
+        app: StateMachine | None = None,
+        verify: VerifyFn = verify_signature,
+        signer: Signer | None = None,
+    ) -> None:
+        m = members if isinstance(members, Membership) else Membership.of(members)
+        self.me = me  # not in ``members``: an observer that catches up but never signs
+        self.cfg = config or Config()
+        self.verify = verify
+        self.signer = signer
+        self.state = ReplicatedState(app or NullStateMachine(), m, self.cfg.checkpoint_interval,
+                                     self.cfg.window)
+        self.view = 0
+        self.in_view_change = False
+        self.slots: dict[int, Slot] = {}
+        self.pending: dict[tuple[str, int], Request] = {}     # arrival order
+        self.pending_since: dict[tuple[str, int], int] = {}
+        self.inflight: dict[tuple[str, int], int] = {}        # request -> seq
+        self.local: dict[tuple[str, int], int] = {}           # proposed here -> last sent
+        self.evidence: dict[str, Evidence] = {}        # culprit -> proof
+        self.next_seq = 1
+        self.now = 0
+        self.timer = 0
+        self.timer_on = False
+        self.failed_views = 0
+        self.last_progress = 0
+        self.drops: dict[str, dict[str, int]] = {}
+        self.sent_count = 0
+        self._ready = Ready()
+        self._outstanding = 0
+        self._sign_id = 0
+        self._unsigned: dict[int, tuple[Any, Any, Any]] = {}
+        self._own_rid = 0
+        self._primary_cache: dict[int, str] = {}
+        self.known_prepared: set[tuple[int, int, bytes]] = set()  # (view, seq, digest)
+        self._init_checkpoints()
+        self._init_view_change()
+
+    # -- public API -------------------------------------------------------------------
+    @property
+    def members(self) -> Membership:
+        """The member set of the current window (changes only at a stable checkpoint)."""
+        return self.window_members
+
+    @property
+    def last_executed(self) -> int:
+        return self.state.last_seq
+
+    def primary(self, view: int) -> str:
+        """Primary of ``view``, from the reputation frozen at the stable checkpoint when
+        this replica first asked. Fixed from then on: a checkpoint that becomes stable
+        in the middle of a view never changes who leads it."""
+        cached = self._primary_cache.get(view)
+        if cached is None:
+            rep = self.stable_reputation if self.cfg.reputation else None
+            cached = self._primary_cache[view] = choose_primary(view, self.members, rep)
+            if len(self._primary_cache) > 256:
+                for v in [v for v in self._primary_cache if v < self.view]:
+                    del self._primary_cache[v]
+        return cached
+
+    def is_primary(self) -> bool:
+        return self.primary(self.view) == self.me
+
+    def propose(self, op: bytes, *, client: str | None = None, rid: int | None = None) -> Request:
+        """Submit a client operation; broadcast it to all replicas. ``client`` defaults to
+        this replica's id and ``rid`` to the next id of a counter that survives restarts.
+        The request is persisted (kind ``"request"``) so a restart re-submits it until it
+        executes (drivers may delete the record once a Decision contains it). Requests
+        with an already executed (client, rid) are ignored (exactly once, TOCS 4.1)."""
+        if rid is None:
+            rid = self._own_rid = self._own_rid + 1
+        req = Request(client if client is not None else self.me, rid, op)
+        self._persist("request", self.last_executed, req)
+        self.local[(req.client, req.rid)] = self.now
+        self._send(req, self._others())
+        self._on_request(req)
+        return req
+
+    def step(self, msg: Any, *, sender: str) -> None:
+        """Feed one message received from ``sender`` (transport-authenticated id). Never
+        raises on bad input: drops it and counts ``drops[sender][reason]``."""
+        handler = self._HANDLERS.get(type(msg))
+        if handler is None:
+            self._drop(sender, "unknown-type")
+            return
+        try:
+            handler(self, msg, sender)
+        except (TypeError, AttributeError):
+            # only reachable with hand-built objects whose fields have the wrong types
+            # (decode_message type-checks everything that arrives as bytes)
+            self._drop(sender, "malformed")
+
+    def tick(self) -> None:
+        """Advance logical time by one tick: batching, view-change timer, re-sends."""
+        self.now += 1
+        self._maybe_propose()
+        if self.timer_on:
+            self.timer -= 1
+            if self.timer <= 0:
+                self._on_timeout()
+        if self.now % self.cfg.resend_interval == 0:
+            self._resend()
+
+    def signed(self, request_id: int, signature: bytes) -> None:
+        """Return the signature for a :class:`SignRequest`. Unknown ids are ignored
+        (e.g. requests issued before a restart)."""
+        entry = self._unsigned.pop(request_id, None)
+        if entry is None:
+            return
+        msg, dests, then = entry
+        done = dataclasses.replace(msg, sig=signature)
+        if then is not None:
+            then(done)
+        else:
+            self._finish(done, dests)
+
+    def ready(self) -> Ready:
+        """Take the effects accumulated since the previous ``ready()`` (see
+        :mod:`consensus.effects`). Effects caused while the driver carries this one out
+        (e.g. by ``signed()``) go into the next one, so nothing is lost or repeated."""
+        out, self._ready = self._ready, Ready()
+        self._outstanding += 1
+        return out
+
+    def advance(self, ready: Ready) -> None:
+        """Acknowledge that ``ready`` was carried out (persisted, sent, delivered)."""
+        self._outstanding = max(0, self._outstanding - 1)
+
+    def has_ready(self) -> bool:
+        """True when ``ready()`` would return effects."""
+        return bool(self._ready)
+
+    # -- effect helpers ---------------------------------------------------------------
+    def _others(self) -> tuple[str, ...]:
+        return self.others_cache
+
+    def _drop(self, sender: str, reason: str) -> None:
+        d = self.drops.setdefault(sender, {})
+        d[reason] = d.get(reason, 0) + 1
+
+    def _send(self, msg: Any, dests: tuple[str, ...]) -> None:
+        if dests:
+            self._ready.messages.append(Outbound(msg, dests))
+            self.sent_count += len(dests)
+
+    def _persist(self, kind: str, seq: int, obj: Any) -> None:
+        data = obj if isinstance(obj, bytes) else encode_message(obj)
+        self._ready.persist.append(Record(kind, seq, data))
+
+    @property
+    def voting(self) -> bool:
+        """True while this replica is in the member set of its window."""
+        return self.me in self.members
+
+    def _sign(self, msg: Any, dests: tuple[str, ...] | None = None) -> None:
+        """Sign ``msg`` (inline or via a sign request), then persist, send, self-deliver.
+        Observers (not members) never sign."""
+        if not self.voting:
+            return
+        if self.signer is not None:
+            self._finish(dataclasses.replace(msg, sig=self.signer.sign(msg.signing_bytes())),
+                         dests)
+            return
+        self._sign_id += 1
+        self._unsigned[self._sign_id] = (msg, dests, None)
+        self._ready.sign_requests.append(SignRequest(self._sign_id, msg.signing_bytes()))
+
+    def _sign_then(self, msg: Any, then: Callable[[Any], None]) -> None:
+        """Sign ``msg`` and pass the signed message to ``then`` (no persist, no send)."""
+        if not self.voting:
+            return
+        if self.signer is not None:
+            then(dataclasses.replace(msg, sig=self.signer.sign(msg.signing_bytes())))
+            return
+        self._sign_id += 1
+        self._unsigned[self._sign_id] = (msg, None, then)
+        self._ready.sign_requests.append(SignRequest(self._sign_id, msg.signing_bytes()))
+
+    def _new_slot(self) -> Slot:
+        return Slot()
+
+    def _finish(self, msg: Any, dests: tuple[str, ...] | None) -> None:
+        seq = getattr(msg, "seq", self.low)
+        self._persist("msg" if hasattr(msg, "seq") else "viewchange", seq, msg)
+        if isinstance(msg, (PrePrepare, Prepare, Commit)):
+            self.slots.setdefault(seq, Slot()).sent[(msg.KIND, msg.view)] = msg
+        self._send(msg, self._others() if dests is None else dests)
+        self._own(msg)
+
+    def _own(self, msg: Any) -> None:
+        if isinstance(msg, PrePrepare):
+            self._accept_pre_prepare(msg)
+        elif isinstance(msg, (Prepare, Commit)):
+            self._store_vote(msg)
+        else:
+            self._HANDLERS[type(msg)](self, msg, self.me)
+
+    # -- normal case ----------------------------------------------------------------------
+    def _check_vote(self, msg: Any, sender: str) -> Slot | None:
+        """Common checks for PRE-PREPARE / PREPARE / COMMIT; the slot or None (dropped)."""
+        if not (self.low < msg.seq <= self.high):
+            self._behind_hint(msg, sender)
+            self._help_behind(sender, msg.seq)
+            self._drop(sender, "out-of-window")
+            return None
+        if not self.members.check_signed(msg, self.verify):
+            self._drop(sender, "bad-signature")
+            return None
+        return self.slots.setdefault(msg.seq, Slot())
+
+    def _step_pre_prepare(self, pp: PrePrepare, sender: str) -> None:
+        if pp.view != self.view or self.in_view_change:
+            self._drop(sender, "wrong-view")
+            return
+        if pp.sender != self.primary(pp.view):
+            self._drop(sender, "not-primary")
+            return
+        b = pp.batch
+        if b is None or b.view != pp.view or b.primary != pp.sender or \
+                len(b.requests) > self.cfg.batch_size or batch_digest(b) != pp.digest:
+            self._drop(sender, "bad-batch")
+            return
+        slot = self._check_vote(pp, sender)
+        if slot is not None:
+            self._accept_pre_prepare(pp, slot)
+
+    def _accept_pre_prepare(self, pp: PrePrepare, slot: Slot | None = None) -> None:
+        slot = slot or self.slots.setdefault(pp.seq, Slot())
+        old = slot.pp
+        if old is not None and old.view == pp.view:
+            if old.digest != pp.digest:
+                self._add_evidence(old, pp)
+            return
+        if old is not None and old.view > pp.view:
+            return
+        assert pp.batch is not None
+        slot.pp = pp
+        slot.batches[pp.digest] = pp.batch
+        for r in pp.batch.requests:
+            self.inflight.setdefault((r.client, r.rid), pp.seq)
+        self._arm_timer()
+        if (Prepare.KIND, pp.view) not in slot.sent:
+            prep = Prepare(pp.view, pp.seq, pp.digest, self.me)
+            slot.sent[(Prepare.KIND, pp.view)] = prep
+            self._sign(prep)
+        self._check_prepared(pp.seq, slot, pp.view, pp.digest)
+        self._check_committed(pp.seq, slot)
+
+    def _step_vote(self, msg: Prepare | Commit, sender: str) -> None:
+        if msg.view > self.view or (isinstance(msg, Prepare) and msg.view != self.view):
+            # (commits of older views still count: a quorum of them certifies a decision;
+            # higher views are refused so a faulty member cannot grow the log unboundedly)
+            self._drop(sender, "wrong-view")
+            return
+        if msg.sender not in self.members:
+            self._drop(sender, "not-member")
+            return
+        slot = self._check_vote(msg, sender)
+        if slot is not None:
+            self._store_vote(msg, slot)
+
+    def _store_vote(self, msg: Prepare | Commit, slot: Slot | None = None) -> None:
+        slot = slot or self.slots.setdefault(msg.seq, Slot())
+        is_prep = isinstance(msg, Prepare)
+        table = slot.prepares if is_prep else slot.commits
+        first = slot.voted.setdefault((msg.KIND, msg.view, msg.sender), msg)
+        if first is not msg:
+            if first.digest != msg.digest:
+                self._add_evidence(first, msg)
+            return
+        table.setdefault((msg.view, msg.digest), {})[msg.sender] = msg
+        if is_prep:
+            self._check_prepared(msg.seq, slot, msg.view, msg.digest)
+        else:
+            self._check_committed(msg.seq, slot)
+
+    def _prepared_quorum(self) -> int:
+        """PREPAREs needed to be prepared: a quorum (the primary prepares too)."""
+        return self.members.quorum
+
+    def _check_prepared(self, seq: int, slot: Slot, view: int, digest: bytes) -> None:
+        pp = slot.pp
+        if pp is None or pp.view != view or pp.digest != digest:
+            return
+        if (Commit.KIND, view) in slot.sent or view != self.view or self.in_view_change:
+            return
+        votes = slot.prepares.get((view, digest), {})
+        if len(votes) < self._prepared_quorum():
+            return
+        chosen = tuple(votes[s] for s in sorted(votes))[: self.members.quorum]
+        proof = PreparedProof(pp, chosen)
+        slot.prepared = proof
+        self.known_prepared.add((view, seq, digest))
+        self._persist("prepared", seq, proof)
+        commit = Commit(view, seq, digest, self.me)
+        slot.sent[(Commit.KIND, view)] = commit
+        self._sign(commit)
+
+    def _commit_quorum(self) -> int:
+        return self.members.quorum
+
+    def _check_committed(self, seq: int, slot: Slot) -> None:
+        if slot.cert is not None:
+            return
+        for (view, digest), votes in sorted(slot.commits.items()):
+            if len(votes) < self._commit_quorum():
+                continue
+            batch = slot.batches.get(digest)
+            if batch is None:
+                self._need_batch(seq)
+                continue
+            commits = tuple(votes[s] for s in sorted(votes))[: self.members.quorum]
+            slot.cert = CommitCertificate(seq, view, batch, commits)
+            self._execute_ready()
+            return
+
+    def _execute_ready(self) -> None:
+        while True:
+            seq = self.last_executed + 1
+            slot = self.slots.get(seq)
+            if slot is None or slot.cert is None:
+                return
+            self._execute(slot.cert)
+
+    def _execute(self, cert: CommitCertificate) -> None:
+        """Execute a certified batch at ``last_executed + 1`` and emit its decision."""
+        batch = cert.batch
+        members = self.state.members
+        results = self.state.execute(cert.seq, batch)
+        self._persist("decided", cert.seq, cert)
+        self._ready.committed.append(Decision(cert.seq, batch, cert, tuple(results), members))
+        for r in batch.requests:
+            key = (r.client, r.rid)
+            self.pending.pop(key, None)
+            self.pending_since.pop(key, None)
+            self.inflight.pop(key, None)
+            self.local.pop(key, None)
+        self.next_seq = max(self.next_seq, cert.seq + 1)
+        self.last_progress = self.now
+        self._progress(batch)
+        self._after_execute(cert.seq)
+
+    def _progress(self, batch: Batch) -> None:
+        """Execution is progress: reset the view-change timer and, when the batch was
+        created in the current view, the exponential back-off."""
+        if self.in_view_change:
+            return  # the new-view timer keeps running: progress in an old view is not enough
+        if batch.view == self.view:
+            self.failed_views = 0
+        self.timer_on = False
+        self._arm_timer()
+
+    def _add_evidence(self, a: Any, b: Any) -> None:
+        """Keep one equivocation proof per member not already penalised (bounded by n)."""
+        rep = self.state.reputation
+        if rep.until.get(a.sender, 0) > rep.last_seq:
+            return
+        self.evidence.setdefault(a.sender, make_evidence(a, b))
+
+    _HANDLERS: dict[type, Callable[..., None]] = {}
+
+
+Replica._HANDLERS = {
+    Request: Replica._step_request,
+    PrePrepare: Replica._step_pre_prepare,
+    Prepare: Replica._step_vote,
+    Commit: Replica._step_vote,
+    Checkpoint: Replica._step_checkpoint,
+    ViewChange: Replica._step_view_change,
+    NewView: Replica._step_new_view,
+    StateRequest: Replica._step_state_request,
+    StateReply: Replica._step_state_reply,
+}

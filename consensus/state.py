@@ -1,0 +1,182 @@
+"""The replicated state: application state machine, client table, membership, reputation.
+
+Theory of operation
+-------------------
+Everything a replica derives from the committed log lives in :class:`ReplicatedState`,
+so its snapshot (and the SHA-256 of the snapshot, the checkpoint *state digest*) covers
+all of it and state transfer moves all of it (TOCS 2002, 4.3 and 6.2):
+
+* the application :class:`StateMachine` (``apply(seq, requests) -> results``);
+* the client table for request de-duplication (TOCS 4.1: each client's requests execute
+  at most once): per client, the highest executed request id and the executed ids within
+  :data:`DEDUP_WINDOW` below it, plus the last reply;
+* the member set and a pending change (effective at a checkpoint boundary);
+* the leader-reputation state (:mod:`consensus.leader`), updated from committed batches.
+
+Execution is a pure function of (state, batch): replicas that execute the same committed
+log reach the same state, whatever order messages arrived in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from identity.canonical import DecodeError, decode, encode
+
+from .leader import Reputation
+from .messages import Batch, Request, sha256
+from .quorum import Membership
+
+__all__ = ["DEDUP_WINDOW", "NullStateMachine", "ReplicatedState", "StateMachine", "SYSTEM"]
+
+#: Request ids more than this far below a client's highest executed id are stale.
+DEDUP_WINDOW = 256
+#: Client id prefix reserved for operations the consensus layer itself interprets.
+SYSTEM = "@"
+
+
+class StateMachine(Protocol):
+    """The application replicated by PBFT. All three methods must be deterministic."""
+
+    def apply(self, seq: int, requests: Sequence[Request]) -> list[bytes]:
+        """Execute ``requests`` (committed at sequence number ``seq``, in order); return
+        one result per request."""
+        ...
+
+    def snapshot(self) -> bytes:
+        """The whole application state as bytes (hashed into checkpoints)."""
+        ...
+
+    def restore(self, snapshot: bytes) -> None:
+        """Replace the state by a snapshot from :meth:`snapshot` (state transfer)."""
+        ...
+
+
+class NullStateMachine:
+    """Records nothing; every result is empty."""
+
+    def apply(self, seq: int, requests: Sequence[Request]) -> list[bytes]:
+        return [b"" for _ in requests]
+
+    def snapshot(self) -> bytes:
+        return b""
+
+    def restore(self, snapshot: bytes) -> None:
+        return None
+
+
+@dataclass(slots=True)
+class _Client:
+    max_rid: int = 0
+    recent: set[int] = field(default_factory=set)
+    last_rid: int = 0
+    last_result: bytes = b""
+
+    def seen(self, rid: int) -> bool:
+        return rid <= self.max_rid - DEDUP_WINDOW or rid in self.recent
+
+    def record(self, rid: int, result: bytes) -> None:
+        self.recent.add(rid)
+        self.max_rid = max(self.max_rid, rid)
+        floor = self.max_rid - DEDUP_WINDOW
+        self.recent = {r for r in self.recent if r > floor}
+        self.last_rid, self.last_result = rid, result
+
+
+DUPLICATE = b"\x00duplicate"
+
+
+class ReplicatedState:
+    """Deterministic state derived from the committed log. Not thread safe."""
+
+    def __init__(self, app: StateMachine, members: Membership, checkpoint_interval: int,
+                 window: int) -> None:
+        self.app = app
+        self.members = members
+        self.K = checkpoint_interval
+        self.window = window
+        self.pending_members: tuple[int, Membership] | None = None
+        self.clients: dict[str, _Client] = {}
+        self.reputation = Reputation()
+        self.schedule = self.reputation.copy()  # reputation at the last boundary
+        self.last_seq = 0
+
+    # -- execution ------------------------------------------------------------------
+    def is_duplicate(self, req: Request) -> bool:
+        c = self.clients.get(req.client)
+        return c is not None and c.seen(req.rid)
+
+    def execute(self, seq: int, batch: Batch) -> list[bytes]:
+        """Execute the batch decided at ``seq`` (must be ``last_seq + 1``); returns one
+        result per request (:data:`DUPLICATE` for requests executed before)."""
+        if seq != self.last_seq + 1:
+            raise AssertionError(f"execute out of order: {seq} after {self.last_seq}")
+        self.reputation.on_batch(seq, batch, self.members, self.schedule)
+        fresh: list[Request] = []
+        for req in batch.requests:
+            if self.is_duplicate(req) or any(
+                r.client == req.client and r.rid == req.rid for r in fresh
+            ):
+                continue
+            fresh.append(req)
+        app_results = iter(self.app.apply(seq, [r for r in fresh if not _is_system(r)]))
+        out: dict[tuple[str, int], bytes] = {}
+        for req in fresh:
+            res = self._system(seq, req) if _is_system(req) else next(app_results)
+            self.clients.setdefault(req.client, _Client()).record(req.rid, res)
+            out[(req.client, req.rid)] = res
+        self.last_seq = seq
+        if seq % self.K == 0:
+            self._boundary(seq)
+            self.schedule = self.reputation.copy()
+        return [out.get((r.client, r.rid), DUPLICATE) for r in batch.requests]
+
+    def _system(self, seq: int, req: Request) -> bytes:
+        from .membership import apply_member_op
+
+        return apply_member_op(self, seq, req)
+
+    def _boundary(self, seq: int) -> None:
+        if self.pending_members is not None and self.pending_members[0] <= seq:
+            self.members = self.pending_members[1]
+            self.pending_members = None
+
+    def last_reply(self, client: str, rid: int) -> bytes | None:
+        """The result of ``client``'s request ``rid`` when it was the last one executed."""
+        c = self.clients.get(client)
+        return c.last_result if c is not None and c.last_rid == rid else None
+
+    # -- snapshots ------------------------------------------------------------------
+    def snapshot(self) -> bytes:
+        clients = [[k, c.max_rid, sorted(c.recent), c.last_rid, c.last_result]
+                   for k, c in sorted(self.clients.items())]
+        pend: Any = None
+        if self.pending_members is not None:
+            pend = [self.pending_members[0], self.pending_members[1].wire()]
+        return encode([self.last_seq, self.app.snapshot(), clients, self.members.wire(), pend,
+                       self.reputation.wire()])
+
+    def digest(self) -> bytes:
+        return sha256(self.snapshot())
+
+    def restore(self, snapshot: bytes) -> None:
+        """Install a snapshot. Raises ValueError when it is malformed (caller verified its
+        digest against a checkpoint certificate first)."""
+        try:
+            last, app, clients, members, pend, rep = decode(snapshot)
+            self.clients = {k: _Client(m, set(r), lr, res) for k, m, r, lr, res in clients}
+            self.members = Membership.of({i: k for i, k in members})
+            self.pending_members = None if pend is None else (
+                pend[0], Membership.of({i: k for i, k in pend[1]}))
+            self.reputation = Reputation.from_wire(rep)
+            self.schedule = self.reputation.copy()
+        except (DecodeError, TypeError, ValueError) as exc:
+            raise ValueError(f"bad snapshot: {exc}") from None
+        self.app.restore(app)
+        self.last_seq = last
+
+
+def _is_system(req: Request) -> bool:
+    return req.client.startswith(SYSTEM)

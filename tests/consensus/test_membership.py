@@ -1,0 +1,100 @@
+"""Membership changes by committed, quorum-endorsed operations, effective at a checkpoint
+boundary; n, f and quorums follow the member set."""
+
+from __future__ import annotations
+
+from pbft_harness import Net
+
+from consensus.certificate import NotAMember, NotEnoughSigners, verify
+from consensus.membership import (
+    MEMBERS_CLIENT,
+    REJECTED,
+    endorsement_bytes,
+    member_op,
+)
+from consensus.replica import Config
+
+CFG = Config(checkpoint_interval=4, window=8, batch_size=1, view_timeout=20,
+             resend_interval=4)
+
+
+def endorse(net: Net, action: str, member: str, key: bytes, by: list[str]) -> bytes:
+    members = net.replicas[by[0]].state.members
+    data = endorsement_bytes(members, action, member, key)
+    return member_op(action, member, key, {m: net.signers[m].sign(data) for m in by})
+
+
+def fill(net: Net, k: int, tag: str, who: list[str] | None = None) -> list[bytes]:
+    who = who or net.ids[:4]
+    want = [f"{tag}{i}".encode() for i in range(k)]
+    for i, op in enumerate(want):
+        net.propose(who[i % len(who)], op)
+    net.run(400, until=lambda: net.all_decided(want, who=who))
+    return want
+
+
+def test_add_then_remove_a_member() -> None:
+    net = Net(4, seed=1, config=CFG)
+    newcomer = net.add_node("r004")
+    op = endorse(net, "add", "r004", newcomer.public_key, ["r000", "r001", "r002"])
+    net.propose("r000", op, client=MEMBERS_CLIENT, rid=1)
+    fill(net, 24, "a")
+    net.run(40)
+    for i in net.ids:
+        r = net.replicas[i]
+        assert r.members.n == 5 and r.members.quorum == 4, i
+    joined = net.replicas["r004"]
+    assert joined.last_executed == net.replicas["r000"].last_executed
+    last = net.decided["r000"][max(net.decided["r000"])]
+    assert last.members.n == 5
+    verify(last.certificate, last.members)
+    # the newcomer votes now: it signs commits that end up in certificates
+    fill(net, 8, "b")
+    signers = {c.sender for d in net.decided["r001"].values() for c in d.certificate.commits}
+    assert "r004" in signers
+    # remove r003 with endorsements from a quorum (4) of the five
+    key3 = net.members["r003"]
+    op = endorse(net, "remove", "r003", key3, ["r000", "r001", "r002", "r004"])
+    net.propose("r001", op, client=MEMBERS_CLIENT, rid=2)
+    stay = ["r000", "r001", "r002", "r004"]
+    fill(net, 24, "c", who=stay)
+    net.run(40)
+    for i in stay:
+        r = net.replicas[i]
+        assert r.members.ids == tuple(stay) and r.members.quorum == 3
+    assert not net.replicas["r003"].voting
+    net.crash("r003")                    # the removed member is not needed any more
+    fill(net, 8, "d", who=stay)
+    net.check_safety()
+
+
+def test_unendorsed_change_is_rejected_deterministically() -> None:
+    net = Net(4, seed=2, config=CFG)
+    newcomer = net.add_node("r004")
+    op = endorse(net, "add", "r004", newcomer.public_key, ["r000", "r001"])  # 2 < quorum
+    net.propose("r000", op, client=MEMBERS_CLIENT, rid=1)
+    net.run(20, until=lambda: all(net.decided[i] for i in net.ids[:4]))
+    results = {i: next(iter(net.decided[i].values())).results for i in net.ids[:4]}
+    assert len(set(results.values())) == 1
+    assert next(iter(results.values()))[0].startswith(REJECTED)
+    fill(net, 16, "x")
+    assert all(net.replicas[i].members.n == 4 for i in net.ids)
+    assert net.replicas["r004"].sent_count < 50   # an observer only asks for state
+
+
+def test_certificates_after_a_change_need_the_new_member_set() -> None:
+    net = Net(4, seed=3, config=CFG)
+    newcomer = net.add_node("r004")
+    op = endorse(net, "add", "r004", newcomer.public_key, ["r001", "r002", "r003"])
+    net.propose("r000", op, client=MEMBERS_CLIENT, rid=1)
+    fill(net, 30, "m")
+    late = [d for d in net.decided["r002"].values() if d.members.n == 5]
+    assert late
+    for d in late:
+        verify(d.certificate, d.members)
+        if any(c.sender == "r004" for c in d.certificate.commits):
+            try:
+                verify(d.certificate, net.members)
+            except (NotAMember, NotEnoughSigners):
+                continue
+            raise AssertionError("old member set accepted a new-member certificate")
