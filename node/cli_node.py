@@ -197,6 +197,46 @@ def cmd_dht_lookup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_members_list(args: argparse.Namespace) -> int:
+    st = _control(args, "status")
+    out = {"n": st["n"], "f": st["f"], "members": st["members"], "this_node_votes": st["member"]}
+    if args.json:
+        _print(out, True)
+    else:
+        for m in st["members"]:
+            print(m + ("  (this node)" if m == st["peer_id"] else ""))
+        print(f"n={st['n']} f={st['f']}")
+    return 0
+
+
+def cmd_members_endorse(args: argparse.Namespace) -> int:
+    action = "remove" if args.remove else "add"
+    out = _control(args, "members.endorse", {"action": action, "peer_id": args.peer_id})
+    print(f"{out['endorser']}:{out['signature'].hex()}")
+    return 0
+
+
+def _endorsements(values: list[str]) -> dict[str, bytes]:
+    from node.cli import _fail
+
+    out: dict[str, bytes] = {}
+    for v in values:
+        peer, _, sig = v.partition(":")
+        try:
+            out[peer] = bytes.fromhex(sig)
+        except ValueError:
+            _fail(f"endorsement {v[:20]}... is not PEER_ID:HEX (from `members endorse`)")
+    return out
+
+
+def cmd_members_change(args: argparse.Namespace) -> int:
+    params = {"action": args.members_cmd, "peer_id": args.peer_id,
+              "endorsements": _endorsements(args.endorsement)}
+    out = _control(args, "members.change", params, timeout_s=args.timeout)
+    print(f"committed at sequence {out['seq']}: {out['result']}")
+    return 0
+
+
 def cmd_genesis_sign(args: argparse.Namespace) -> int:
     """Sign a genesis body with this home's current key (used by `meshnode testnet`)."""
     from identity.home import IdentityHome
@@ -216,7 +256,8 @@ def cmd_testnet(args: argparse.Namespace) -> int:
     from node.testnet import create
 
     out = create(Path(args.out), args.nodes, base_port=args.base_port,
-                 metrics_base_port=args.metrics_base_port, chain=args.chain, ip=args.ip)
+                 metrics_base_port=args.metrics_base_port, chain=args.chain, ip=args.ip,
+                 checkpoint_interval=args.checkpoint_interval)
     print(f"testnet of {args.nodes} nodes in {out}; start each with:")
     for k in range(1, args.nodes + 1):
         print(f"  meshnode start --home {out / f'node{k}'}")
@@ -294,6 +335,32 @@ def register(sub: argparse._SubParsersAction, add_home) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_dht_lookup)
 
+    mem = sub.add_parser(
+        "members", help="the member (validator) set: list, endorse, add, remove",
+        description="Members change only by a committed operation that carries endorsements "
+        "(HSM signatures) from a quorum of the current members; the change takes effect at a "
+        "checkpoint boundary. Each member's operator runs `members endorse` on their own "
+        "node; anyone then submits the change with the collected endorsements.")
+    msub = mem.add_subparsers(dest="members_cmd", required=True, metavar="COMMAND")
+    p = msub.add_parser("list", help="current members, n and f")
+    add_home(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_members_list)
+    p = msub.add_parser("endorse", help="sign an endorsement of adding (or removing) PEER_ID")
+    add_home(p)
+    p.add_argument("peer_id", metavar="PEER_ID")
+    p.add_argument("--remove", action="store_true", help="endorse removing it instead")
+    p.set_defaults(func=cmd_members_endorse)
+    for action in ("add", "remove"):
+        p = msub.add_parser(action, help=f"propose to {action} PEER_ID (needs a quorum of "
+                                         "endorsements)")
+        add_home(p)
+        p.add_argument("peer_id", metavar="PEER_ID")
+        p.add_argument("--endorsement", action="append", default=[], metavar="PEER_ID:HEX",
+                       help="an endorsement printed by `members endorse` (repeat for a quorum)")
+        p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS")
+        p.set_defaults(func=cmd_members_change)
+
     gen = sub.add_parser("genesis", help="genesis file tools")
     gsub = gen.add_subparsers(dest="genesis_cmd", required=True, metavar="COMMAND")
     p = gsub.add_parser("sign", help="print this identity's signature over a genesis body")
@@ -310,6 +377,9 @@ def register(sub: argparse._SubParsersAction, add_home) -> None:
     p.add_argument("--metrics-base-port", type=int, default=0, metavar="PORT",
                    help="node k serves metrics on PORT+k-1 (default: metrics off)")
     p.add_argument("--chain", default="testnet", help="chain name in the genesis")
+    p.add_argument("--checkpoint-interval", type=int, default=16, metavar="K",
+                   help="PBFT checkpoint interval K written into the genesis (window 4K; "
+                        "default 16)")
     p.add_argument("--ip", default="127.0.0.1", metavar="TEMPLATE",
                    help="listen IPv4 address; {k} is replaced by the node number "
                         "(e.g. 10.199.0.{k} with one network namespace per node)")

@@ -58,7 +58,6 @@ class ConsensusConfig:
     batch_size: int = 64
     batch_timeout_ms: int = 0
     view_timeout_ms: int = 2000
-    checkpoint_interval: int = 128
 
 
 @dataclass

@@ -93,14 +93,19 @@ class ConsensusDriver:
         decision, _ = await self.propose_for_result(op)
         return decision
 
-    async def propose_for_result(self, op: bytes) -> tuple[Decision, bytes]:
-        """Like :meth:`propose`, also returning the application's result for ``op``."""
-        self._next_rid += 1
-        key = (self.client_id, self._next_rid)
+    async def propose_for_result(self, op: bytes, *, client: str | None = None,
+                                 rid: int | None = None) -> tuple[Decision, bytes]:
+        """Like :meth:`propose`, also returning the application's result for ``op``.
+        ``client``/``rid`` override this driver's own client id and counter (system
+        requests such as membership changes use ``consensus.membership.MEMBERS_CLIENT``)."""
+        if client is None:
+            self._next_rid += 1
+            client, rid = self.client_id, self._next_rid
+        key = (client, rid)
         send, receive = trio.open_memory_channel[Decision](1)
         self._waiters[key] = send
         try:
-            self.replica.propose(op, client=self.client_id, rid=self._next_rid)
+            self.replica.propose(op, client=client, rid=rid)
             self._wake.set()
             decision = await receive.receive()
         finally:

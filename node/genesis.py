@@ -10,9 +10,12 @@ controlled by that key (KERI inception/rotations) without trusting anyone.
 
 Encoding (canonical msgpack, :mod:`identity.canonical`):
 
-* ``body = {"v": 1, "chain": str, "created_at": int (Unix s), "members": [member...]}``
-  with members sorted by PeerId and ``member = {"id": str, "peer_id": str, "key": bin
-  32, "addrs": [str], "kel": [bin]}``;
+* ``body = {"v": 1, "chain": str, "created_at": int (Unix s), "members": [member...],
+  "params": {"checkpoint_interval": int, "window": int}}`` with members sorted by PeerId
+  and ``member = {"id": str, "peer_id": str, "key": bin 32, "addrs": [str], "kel":
+  [bin]}``. ``params`` are the protocol parameters every replica must share (PBFT's K
+  and the watermark window L, a multiple of K): they live here, not in each node's
+  config, so a node can never silently run with different ones;
 * the file is ``{"body": bin, "signatures": {peer_id: bin 64}}``; each signature is
   Ed25519 over ``GENESIS_DOMAIN + body`` by that member's key.
 
@@ -54,14 +57,22 @@ class Member:
                 "addrs": list(self.addrs), "kel": list(self.kel)}
 
 
+#: Default protocol parameters: a checkpoint every K sequence numbers, window L = 4K.
+DEFAULT_CHECKPOINT_INTERVAL = 128
+DEFAULT_WINDOW = 512
+
+
 @dataclass(frozen=True, slots=True)
 class Genesis:
-    """A verified genesis: chain name, creation time (Unix s), members sorted by PeerId."""
+    """A verified genesis: chain name, creation time (Unix s), members sorted by PeerId,
+    and the shared protocol parameters (checkpoint interval K and window L)."""
 
     chain: str
     created_at: int
     members: tuple[Member, ...]
     body: bytes
+    checkpoint_interval: int = DEFAULT_CHECKPOINT_INTERVAL
+    window: int = DEFAULT_WINDOW
 
     def members_map(self) -> dict[str, bytes]:
         """``{peer_id: public_key}`` for ``consensus.quorum.Membership.of``."""
@@ -85,16 +96,29 @@ def member_from_kel(kel: list[bytes], addrs: list[str]) -> Member:
     return Member(state.identifier, state.peer_id, state.public_key, tuple(addrs), tuple(kel))
 
 
-def build_body(chain: str, created_at: int, members: list[Member]) -> bytes:
-    """Canonical genesis body (what every member signs). Raises GenesisError on
-    duplicate PeerIds or an empty member list."""
+def build_body(chain: str, created_at: int, members: list[Member], *,
+               checkpoint_interval: int = DEFAULT_CHECKPOINT_INTERVAL,
+               window: int | None = None) -> bytes:
+    """Canonical genesis body (what every member signs). ``window`` defaults to
+    4 x ``checkpoint_interval``. Raises GenesisError on duplicate PeerIds, an empty
+    member list, or a window that is not a positive multiple of the interval."""
     if not members:
         raise GenesisError("a genesis needs at least one member")
+    window = 4 * checkpoint_interval if window is None else window
+    _check_params(checkpoint_interval, window)
     ordered = sorted(members, key=lambda m: m.peer_id)
     if len({m.peer_id for m in ordered}) != len(ordered):
         raise GenesisError("duplicate member PeerId")
     return canonical.encode({"v": 1, "chain": chain, "created_at": created_at,
-                             "members": [m.to_obj() for m in ordered]})
+                             "members": [m.to_obj() for m in ordered],
+                             "params": {"checkpoint_interval": checkpoint_interval,
+                                        "window": window}})
+
+
+def _check_params(interval: Any, window: Any) -> None:
+    if (type(interval) is not int or type(window) is not int or interval <= 0
+            or window < interval or window % interval):
+        raise GenesisError("params: window must be a positive multiple of checkpoint_interval")
 
 
 def sign_body(signer: Signer, body: bytes) -> bytes:
@@ -120,9 +144,13 @@ def verify(data: bytes) -> Genesis:
     if type(outer) is not dict or set(outer) != {"body", "signatures"}:
         raise GenesisError("not a genesis file: expected body and signatures")
     if type(body) is not dict or body.get("v") != 1 or set(body) != {
-        "v", "chain", "created_at", "members"
+        "v", "chain", "created_at", "members", "params"
     }:
         raise GenesisError("unsupported genesis body (version 1 expected)")
+    params = body["params"]
+    if type(params) is not dict or set(params) != {"checkpoint_interval", "window"}:
+        raise GenesisError("params must hold checkpoint_interval and window")
+    _check_params(params["checkpoint_interval"], params["window"])
     members = [_member(m) for m in body["members"]] if type(body["members"]) is list else []
     if not members or [m.peer_id for m in members] != sorted({m.peer_id for m in members}):
         raise GenesisError("members must be non-empty, unique and sorted by PeerId")
@@ -134,7 +162,8 @@ def verify(data: bytes) -> Genesis:
             raise GenesisError(f"bad genesis signature by {m.peer_id}")
     if type(body["chain"]) is not str or type(body["created_at"]) is not int:
         raise GenesisError("chain must be a string and created_at an integer")
-    return Genesis(body["chain"], body["created_at"], tuple(members), outer["body"])
+    return Genesis(body["chain"], body["created_at"], tuple(members), outer["body"],
+                   params["checkpoint_interval"], params["window"])
 
 
 def _member(obj: Any) -> Member:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,10 +28,13 @@ from typing import Any
 
 import trio
 
+from consensus.membership import MEMBERS_CLIENT, endorsement_bytes, member_op
+from consensus.membership import REJECTED as MEMBER_REJECTED
 from consensus.messages import batch_digest, decode_message
 from consensus.persist import restore
 from consensus.replica import Config
 from consensus.state import NullStateMachine
+from identity.did import DidError, public_key_from_peer_id
 from identity.home import IdentityHome
 from identity.libp2p_key import hsm_key_pair
 from identity.pkcs11 import Token
@@ -128,10 +132,10 @@ class NodeRuntime:
         me = transport.peer_id
         members = gen.members_map()
         if me not in members:
-            raise ControlError(f"this node ({me}) is not a member of the genesis in "
-                               f"{self.cfg.consensus.genesis}")
+            log.info("not a genesis member: joining as a non-voting replica; it votes once a "
+                     "committed `meshnode members add` takes effect")
         app = MeshTaskApp(lambda: None, other=NullStateMachine())
-        replica = self._replica(me, members, storage, app)
+        replica = self._replica(me, gen, storage, app)
         driver = ConsensusDriver(
             replica, persist=self._persister(storage),
             sign_all=lambda datas: [signer.sign(d) for d in datas],
@@ -169,7 +173,7 @@ class NodeRuntime:
                     transport.add_peer_addrs(m.peer_id, m.addrs)
             nursery.start_soon(self._pump)
             await nursery.start(driver.run)
-            nursery.start_soon(self._heal, [m.peer_id for m in gen.members if m.peer_id != me])
+            nursery.start_soon(self._heal)
             await nursery.start(discovery.run)
             await nursery.start(engine.run)
             await nursery.start(mesh.run)
@@ -187,14 +191,15 @@ class NodeRuntime:
             finally:
                 self.metrics.stop()
 
-    def _replica(self, me: str, members: dict[str, bytes], storage: Storage, app: MeshTaskApp):
+    def _replica(self, me: str, gen: genesis.Genesis, storage: Storage, app: MeshTaskApp):
         c = self.cfg.consensus
         tick = c.tick_ms
         cfg = Config(
-            checkpoint_interval=c.checkpoint_interval, window=4 * c.checkpoint_interval,
+            checkpoint_interval=gen.checkpoint_interval, window=gen.window,
             batch_size=c.batch_size, batch_timeout=c.batch_timeout_ms // tick,
             view_timeout=max(2, c.view_timeout_ms // tick),
         )
+        members = gen.members_map()
         records = storage.records()
         make = bound_replica()  # points the app at the replica's member set first
         if not records:
@@ -219,17 +224,22 @@ class NodeRuntime:
             elif msg.channel.startswith(PLUGIN_CHANNEL_PREFIX):
                 parts.pubsub.on_inbound(msg.peer_id, msg.channel, msg.payload)
 
-    async def _heal(self, peers: list[str]) -> None:
-        """Re-dial members that are not connected, with per-peer exponential backoff
-        (0.5 s doubling to 30 s, jittered), for as long as the node runs."""
+    async def _heal(self) -> None:
+        """Re-dial members of the current member set that are not connected (addresses
+        from the genesis, the peerstore, bootstrap and the DHT), with per-peer
+        exponential backoff (0.5 s doubling to 30 s, jittered), while the node runs."""
         rng = random.Random()
-        backoff = {p: 0.5 for p in peers}
-        due = {p: 0.0 for p in peers}
+        backoff: dict[str, float] = {}
+        due: dict[str, float] = {}
         transport = self.parts.transport
+        replica = self.parts.driver.replica
         while True:
             now = trio.current_time()
             connected = set(transport.connected_peers())
+            peers = [p for p in replica.members.ids if p != transport.peer_id]
             for p in peers:
+                backoff.setdefault(p, 0.5)
+                due.setdefault(p, 0.0)
                 if p in connected:
                     backoff[p] = 0.5
                 elif now >= due[p]:
@@ -262,6 +272,7 @@ class NodeRuntime:
             "last_decided": r.last_executed, "state_digest": r.state.digest().hex(),
             "chain": p.genesis.chain,
             "evidence": len(r.evidence),
+            "member": r.me in r.members,
             "dht": p.discovery.stats(),
             "dropped": {reason: sum(v.values())
                         for reason, v in p.transport.drop_counts().items()},
@@ -322,6 +333,13 @@ class NodeRuntime:
             raise ControlError(f"timed out after {timeout_s:g} s waiting for "
                                f"peers>={peers_wanted}, last_decided>={decided_wanted}")
 
+        async def members_endorse(params):
+            return {"endorser": self.parts.transport.peer_id,
+                    "signature": await self._endorse(params)}
+
+        async def members_change(params):
+            return await self._propose_member_change(params)
+
         async def dht_lookup(params):
             peer_id = params.get("peer_id")
             if type(peer_id) is not str:
@@ -333,8 +351,46 @@ class NodeRuntime:
 
         return {"status": status, "peers": peers, "propose": propose,
                 "decision": decision, "audit": audit, "wait": wait, "dht_lookup": dht_lookup,
+                "members.endorse": members_endorse, "members.change": members_change,
                 **task_handlers(self.parts.engine, mesh=self.parts.mesh),
                 **self.parts.plugins.control_handlers()}
+
+    @staticmethod
+    def _member_change_params(params: dict[str, Any]) -> tuple[str, str, bytes]:
+        action, peer_id = params.get("action"), params.get("peer_id")
+        if action not in ("add", "remove") or type(peer_id) is not str:
+            raise ControlError("a member change needs action add|remove and a peer_id")
+        try:
+            return action, peer_id, public_key_from_peer_id(peer_id)
+        except DidError as exc:
+            raise ControlError(f"not an Ed25519 PeerId: {exc}") from None
+
+    async def _endorse(self, params: dict[str, Any]) -> bytes:
+        """This member's HSM signature endorsing a change of the *current* member set."""
+        action, peer_id, key = self._member_change_params(params)
+        replica = self.parts.driver.replica
+        if replica.me not in replica.members:
+            raise ControlError("only a current member can endorse a membership change")
+        data = endorsement_bytes(replica.members, action, peer_id, key)
+        signer = self.parts.token.signer(self.identity.current_key_label())
+        return await trio.to_thread.run_sync(signer.sign, data,
+                                             limiter=self.parts.driver.io_limiter)
+
+    async def _propose_member_change(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Propose a quorum-endorsed membership change (``endorsements``: {peer_id:
+        signature}); returns its sequence number, the result and when it takes effect."""
+        action, peer_id, key = self._member_change_params(params)
+        endorsements = params.get("endorsements")
+        if type(endorsements) is not dict or not all(
+                type(k) is str and type(v) is bytes for k, v in endorsements.items()):
+            raise ControlError("endorsements must map PeerIds to signatures")
+        op = member_op(action, peer_id, key, endorsements)
+        rid = time.time_ns() // 1_000_000  # unique and increasing per change
+        decision, result = await self.parts.driver.propose_for_result(
+            op, client=MEMBERS_CLIENT, rid=rid)
+        if result.startswith(MEMBER_REJECTED):
+            raise ControlError(result[len(MEMBER_REJECTED):].decode("utf-8", "replace"))
+        return {"seq": decision.seq, "result": result.decode("utf-8", "replace")}
 
     def _write_certificate(self, seq: int) -> Path:
         from identity.home import atomic_write

@@ -19,7 +19,10 @@ certificate by the ``digest_of`` function the node passes in: two honest replica
 different certificates for one decision (each collected its own 2f+1 COMMITs) but the
 same batch, so their chains are identical. Anyone holding the exported entries can
 recompute the chain offline; a changed, removed or reordered entry breaks every hash
-after it (:func:`verify_audit_chain`).
+after it (:func:`verify_audit_chain`). A replica that caught up by state transfer
+installed a checkpoint snapshot and holds no certificates for the sequence numbers it
+skipped: its chain then starts a new *segment* after the gap (``prev_hash`` = 32 zero
+bytes), which verification accepts only where sequence numbers actually jump.
 
 The ``Storage`` object is not thread-safe by itself; the runtime calls it from one
 worker thread at a time (``check_same_thread=False`` so that thread may change).
@@ -106,8 +109,10 @@ def audit_hash(prev_hash: bytes, seq: int, value_digest: bytes) -> bytes:
 def verify_audit_chain(entries: Iterable[AuditEntry], digest_of: DigestOf = sha256_digest) -> bytes:
     """Check that ``entries`` (in order) form one unbroken chain; return the head hash.
 
-    The first entry may start anywhere (an export can begin after compaction) but every
-    later entry must follow its predecessor by sequence number and hash, and each
+    The first entry may start anywhere (an export can begin after compaction) and a new
+    segment may start after a gap in sequence numbers (state transfer) with a zero
+    ``prev_hash``; otherwise every entry must follow its predecessor by sequence number
+    and hash, and each
     entry's ``value_digest`` must be ``digest_of(certificate)``. Raises AuditError naming
     the first entry that does not verify. Certificates themselves are checked
     separately (``consensus.certificate.verify``).
@@ -115,7 +120,10 @@ def verify_audit_chain(entries: Iterable[AuditEntry], digest_of: DigestOf = sha2
     prev: AuditEntry | None = None
     head = GENESIS_HASH
     for entry in entries:
-        if prev is not None and (entry.seq != prev.seq + 1 or entry.prev_hash != prev.entry_hash):
+        segment_start = (prev is not None and entry.seq > prev.seq + 1
+                         and entry.prev_hash == GENESIS_HASH)
+        if prev is not None and not segment_start and (
+                entry.seq != prev.seq + 1 or entry.prev_hash != prev.entry_hash):
             raise AuditError(f"entry {entry.seq} does not follow entry {prev.seq}")
         if digest_of(entry.certificate) != entry.value_digest:
             raise AuditError(f"entry {entry.seq}: certificate does not match its value digest")
@@ -209,11 +217,11 @@ class Storage:
         last = row[0]
         if last is not None and seq <= last:
             return
-        if last is not None and seq != last + 1:
-            raise AuditError(f"decided sequence {seq} does not follow {last}")
-        prev = GENESIS_HASH if last is None else bytes(self._db.execute(
-            "SELECT entry_hash FROM decided_log WHERE seq = ?", (last,)
-        ).fetchone()[0])
+        if last is None or seq != last + 1:  # first entry, or a gap after state transfer
+            prev = GENESIS_HASH
+        else:
+            prev = bytes(self._db.execute(
+                "SELECT entry_hash FROM decided_log WHERE seq = ?", (last,)).fetchone()[0])
         value = self.digest_of(certificate)
         self._db.execute(
             "INSERT INTO decided_log (seq, certificate, value_digest, prev_hash, entry_hash) "

@@ -60,12 +60,14 @@ def _meshnode(*args: str) -> str:
 
 
 def create(out: Path, nodes: int, *, base_port: int = 4101, metrics_base_port: int = 0,
-           chain: str = "testnet", ip: str = "127.0.0.1", now: float | None = None) -> Path:
+           chain: str = "testnet", ip: str = "127.0.0.1", checkpoint_interval: int = 16,
+           now: float | None = None) -> Path:
     """Create the testnet under ``out`` (must not exist or be empty); returns ``out``.
 
     Node k (1-based) listens on ``/ip4/<ip>/tcp/<base_port + k - 1>`` where ``{k}`` in
     ``ip`` is replaced by k (e.g. ``10.199.0.{k}`` for one network namespace per node);
-    ``base_port=0`` picks a free range.
+    ``base_port=0`` picks a free range. ``checkpoint_interval`` (K, window 4K) is small
+    by default so a testnet's membership changes take effect after tens of decisions.
 
     Raises TestnetError when a node cannot be enrolled or sign, ValueError for bad
     arguments (``nodes`` >= 1, ports in 1..65535).
@@ -86,7 +88,8 @@ def create(out: Path, nodes: int, *, base_port: int = 4101, metrics_base_port: i
     addrs = [f"/ip4/{ip.replace('{k}', str(k + 1))}/tcp/{base_port + k}" for k in range(nodes)]
     members = [genesis.member_from_kel([e.to_bytes() for e in IdentityHome(h).events()], [a])
                for h, a in zip(homes, addrs, strict=True)]
-    body = genesis.build_body(chain, int(time.time() if now is None else now), members)
+    body = genesis.build_body(chain, int(time.time() if now is None else now), members,
+                              checkpoint_interval=checkpoint_interval)
     body_path = out / "genesis.body"
     atomic_write(body_path, body, mode=0o644)
     signatures = {info["peer_id"]: bytes.fromhex(_meshnode("genesis", "sign", "--home", str(h),

@@ -64,3 +64,14 @@ def test_duplicate_members_refused():
     _, m = founder(1)
     with pytest.raises(genesis.GenesisError, match="duplicate"):
         genesis.build_body("x", 1, [m, m])
+
+
+def test_protocol_parameters_travel_in_the_genesis():
+    founders = [founder(i) for i in range(1, 5)]
+    members = [m for _, m in founders]
+    body = genesis.build_body("t", 1, members, checkpoint_interval=8)
+    sigs = {m.peer_id: genesis.sign_body(s, body) for s, m in founders}
+    g = genesis.verify(genesis.encode_file(body, sigs))
+    assert (g.checkpoint_interval, g.window) == (8, 32)
+    with pytest.raises(genesis.GenesisError, match="multiple of checkpoint_interval"):
+        genesis.build_body("t", 1, members, checkpoint_interval=8, window=12)

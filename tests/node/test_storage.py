@@ -87,12 +87,20 @@ def test_chain_names_the_decided_value_not_the_certificate_bytes(tmp_path):
         verify_audit_chain(a.audit_entries())  # wrong digest function: mismatch caught
 
 
-def test_a_gap_in_decisions_rolls_the_whole_append_back(tmp_path):
+def test_state_transfer_gap_starts_a_new_segment_that_verifies(tmp_path):
     db = Storage(tmp_path / "node.db")
-    db.append_records([rec("decided", 1)])
-    with pytest.raises(AuditError):
-        db.append_records([rec("msg", 7), rec("decided", 3)])
-    assert [(r.kind, r.seq) for r in db.records()] == [("decided", 1)]
+    db.append_records([rec("decided", 1), rec("decided", 2)])
+    db.append_records([rec("stable", 16, b"checkpoint"), rec("decided", 17)])  # caught up
+    db.append_records([rec("decided", 18)])
+    entries = db.audit_entries()
+    assert [e.seq for e in entries] == [1, 2, 17, 18]
+    assert entries[2].prev_hash == bytes(32) and entries[3].prev_hash == entries[2].entry_hash
+    assert verify_audit_chain(entries) == entries[3].entry_hash
+    # A zero prev_hash without a gap is not a segment start: refused.
+    bogus = AuditEntry(3, b"x", sha256_digest(b"x"), bytes(32),
+                       audit_hash(bytes(32), 3, sha256_digest(b"x")))
+    with pytest.raises(AuditError, match="does not follow"):
+        verify_audit_chain([*entries[:2], bogus])
 
 
 def test_meta_and_schema_guard(tmp_path):

@@ -29,9 +29,14 @@ class Mesh:
         self.n = n
         cli("testnet", "--nodes", str(n), "--out", str(root), "--base-port", "0")
         self.procs: dict[int, subprocess.Popen] = {}
+        self.extra_homes: dict[int, Path] = {}
 
     def home(self, k: int) -> Path:
-        return self.root / f"node{k}"
+        return self.extra_homes.get(k, self.root / f"node{k}")
+
+    def add_home(self, k: int, home: Path) -> None:
+        """Address a node outside the testnet (e.g. a joiner) as node ``k``."""
+        self.extra_homes[k] = home
 
     def start(self, k: int) -> dict:
         err = open(self.root / f"node{k}.log", "ab")  # noqa: SIM115 - closed with the process
