@@ -160,7 +160,10 @@ def test_local_and_mesh_tasks_run_and_each_mesh_task_has_one_accepted_result(mes
                                   digest.encode(), "")
     sig = bytes.fromhex(accepted["sig"].removeprefix("hex:"))
     assert verify_signature(public_key_from_peer_id(accepted["node"]), signed, sig)
-    # Every node agrees on the one accepted result and on who produced it.
+    # Every node agrees on the one accepted result and on who produced it (once each
+    # has executed the decision that accepted it).
+    for k in range(1, 5):
+        mesh.wait(k, last_decided=accepted["seq"])
     views = [mesh.control(k, "task.wait", {"id": out["id"], "timeout_ms": 60_000},
                           timeout_s=90) for k in range(1, 5)]
     assert len({(v["accepted"]["node"], v["accepted"]["seq"]) for v in views}) == 1

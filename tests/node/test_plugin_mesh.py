@@ -61,6 +61,8 @@ def test_example_plugin_task_runs_on_the_mesh_with_one_signed_result(mesh, tmp_p
                                              "deadline_ms": 30_000}, timeout_s=120)
     assert status["state"] == "done", status
     assert status["accepted"]["output"] == hashlib.sha256(data).digest()
+    for k in range(1, 5):  # each node has executed the decision that accepted it
+        mesh.wait(k, last_decided=status["accepted"]["seq"])
     views = [mesh.control(k, "task.wait", {"id": status["id"], "timeout_ms": 60_000},
                           timeout_s=90) for k in range(1, 5)]
     assert len({(v["accepted"]["node"], v["accepted"]["output"]) for v in views}) == 1
