@@ -78,10 +78,17 @@ class DhtService:
         self.max_message_size = max_message_size
         self.limiter = PeerRateLimiter(rate_per_s, burst)
         self.dropped: Counter[tuple[str, str]] = Counter()
+        #: Called as ``on_drop(peer_id, reason)`` after each drop (metrics, tests).
+        self.on_drop: Callable[[str, str], None] | None = None
         self._inbound = trio.CapacityLimiter(max_inbound_streams)
         self._nursery: trio.Nursery | None = None
         self._waiters: dict[int, trio.Event] = {}
         self._results: dict[int, QueryResult] = {}
+
+    def _drop(self, peer_id: str, reason: str) -> None:
+        self.dropped[(peer_id, reason)] += 1
+        if self.on_drop is not None:
+            self.on_drop(peer_id, reason)
 
     @staticmethod
     def now() -> float:
@@ -199,7 +206,7 @@ class DhtService:
             return
         name = peer.to_base58()
         if self._inbound.borrowed_tokens >= self._inbound.total_tokens:
-            self.dropped[(name, "busy")] += 1
+            self._drop(name, "busy")
             await _quietly(stream.reset())
             return
         async with self._inbound:
@@ -211,7 +218,7 @@ class DhtService:
             if reason is None:
                 await _quietly(stream.close())
             else:
-                self.dropped[(name, reason)] += 1
+                self._drop(name, reason)
                 await _quietly(stream.reset())
 
     async def _serve_requests(self, stream, peer: ID) -> str | None:

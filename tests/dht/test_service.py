@@ -108,6 +108,8 @@ async def test_garbage_oversized_refused_and_flooding_peers_are_dropped_and_coun
         async with (server.run(listen_addrs=LOOPBACK), client.run(listen_addrs=LOOPBACK),
                     trio.open_nursery() as nursery):
             svc = service(server, 1, rate_per_s=0.001, burst=5, max_message_size=1000)
+            rate_limited = trio.Event()
+            svc.on_drop = lambda peer, reason: reason == "rate_limited" and rate_limited.set()
             await nursery.start(svc.run)
             await client.connect(info_from_p2p_addr(server.get_addrs()[0]))
             await _raw(client, server, b"\x05\x0b\x00\x00\x00\x00")  # group wire type
@@ -118,8 +120,8 @@ async def test_garbage_oversized_refused_and_flooding_peers_are_dropped_and_coun
             await _raw(client, server, ping * 10)  # 4 answered, then rate limited
             peer = client.get_id().to_base58()
             with trio.fail_after(5):
-                while svc.dropped[(peer, "rate_limited")] == 0:
-                    await trio.sleep(0.01)
+                await rate_limited.wait()
+            assert svc.dropped[(peer, "rate_limited")] >= 1
             assert svc.dropped[(peer, "malformed")] == 2
             assert svc.dropped[(peer, "rejected")] == 1
             # burst 5: the refused PUT_VALUE took one token, four PINGs the rest

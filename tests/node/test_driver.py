@@ -43,13 +43,22 @@ async def test_four_replicas_decide_identically_over_libp2p(tmp_path):
                   for s in seeds]
     stores = [Storage(tmp_path / f"n{i}.db", digest_of=decided_value) for i in range(4)]
     drivers = []
-    for signer, t, store in zip(signers, transports, stores, strict=True):
+    executed = [0, 0, 0, 0]
+    target = {"seq": None}
+    all_executed = trio.Event()
+
+    def on_decision(i: int, decision) -> None:
+        executed[i] = decision.seq
+        if target["seq"] is not None and min(executed) >= target["seq"]:
+            all_executed.set()
+
+    for i, (signer, t, store) in enumerate(zip(signers, transports, stores, strict=True)):
         assert t.peer_id == peer_id_from_public_key(signer.public_key)
         replica = Replica(t.peer_id, members, config=Config(view_timeout=200))
         drivers.append(ConsensusDriver(
             replica, persist=store.append_records,
             sign_all=lambda datas, s=signer: [s.sign(d) for d in datas],
-            send=t.send, tick_s=0.01))
+            send=t.send, tick_s=0.01, on_decision=lambda d, i=i: on_decision(i, d)))
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             for t, d in zip(transports, drivers, strict=True):
@@ -67,9 +76,9 @@ async def test_four_replicas_decide_identically_over_libp2p(tmp_path):
                 batch = certificate.verify(d.certificate, members)
                 assert batch == d.batch
             # Every replica executes the same log, whoever proposed.
-            last = max(d.seq for d in decisions)
-            while min(s.last_decided() for s in stores) < last:
-                await trio.sleep(0.01)
+            last = target["seq"] = max(d.seq for d in decisions)
+            if min(executed) < last:
+                await all_executed.wait()
             nursery.cancel_scope.cancel()
     logs = [[(e.seq, e.entry_hash) for e in s.audit_entries(1, last)] for s in stores]
     assert all(log == logs[0] for log in logs) and len(logs[0]) == last
