@@ -198,6 +198,7 @@ class NodeRuntime:
             checkpoint_interval=gen.checkpoint_interval, window=gen.window,
             batch_size=c.batch_size, batch_timeout=c.batch_timeout_ms // tick,
             view_timeout=max(2, c.view_timeout_ms // tick),
+            resend_interval=max(1, c.resend_interval_ms // tick),
         )
         members = gen.members_map()
         records = storage.records()
