@@ -55,7 +55,7 @@ from node.dht.keys import kad_key
 from node.dht.lookup import ALPHA, Lookup, LookupStats, ValueLookup
 from node.dht.messages import Message, MessageType, PeerInfo, Record
 from node.dht.record_store import RecordInvalid, RecordStore, Validator
-from node.dht.routing_table import K, RoutingTable
+from node.dht.routing_table import MAX_REFRESH_CPL, K, RoutingTable
 
 __all__ = ["DhtConfig", "DhtNode", "OutboundRequest", "QueryResult", "Ready"]
 
@@ -71,6 +71,11 @@ class DhtConfig:
     max_records: int = 10_000
     record_max_age: float = 36 * 3600.0
     bootstrap_rounds: int = 2
+    #: After a bootstrap that found peers, refresh every bucket up to the deepest
+    #: non-empty one + 1 (at most MAX_REFRESH_CPL) once, as go-libp2p-kad-dht's refresh
+    #: manager does at start-up. "Closest" is not symmetric in Kademlia: without this,
+    #: a newcomer's true neighbours may never learn of it (measured in the simulator).
+    refresh_on_join: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +164,7 @@ class DhtNode:
         self._ready = Ready()
         self._next_id = 1
         self._refreshing: set[int] = set()
+        self._bootstraps: set[int] = set()
         self._next_expiry = now
 
     # -- commands --------------------------------------------------------------------
@@ -172,6 +178,7 @@ class DhtNode:
         seeds = [p for p in peers if p.peer_id != self.local.peer_id]
         qid = self._start("find_node", self.local.peer_id, now, extra_seeds=seeds,
                           rounds=self.config.bootstrap_rounds)
+        self._bootstraps.add(qid)
         return qid
 
     def find_node(self, peer_id: bytes, *, now: float) -> int:
@@ -377,6 +384,23 @@ class DhtNode:
             query.query_id, query.kind, lookup.target_key, tuple(lookup.closest()),
             value=value, stored=query.stored, stats=lookup.stats(),
         ))
+        if query.query_id in self._bootstraps:
+            self._bootstraps.discard(query.query_id)
+            if self.config.refresh_on_join and lookup.closest():
+                self._refresh_all(now)
+
+    def _refresh_all(self, now: float) -> None:
+        """Refresh every bucket up to the deepest non-empty one + 1 once (see
+        ``DhtConfig.refresh_on_join``); the staggered periodic refresh continues after."""
+        deepest = max((b for b in range(MAX_REFRESH_CPL + 1) if self.table.bucket(b)),
+                      default=-1)
+        for index in range(min(deepest + 1, MAX_REFRESH_CPL) + 1):
+            if index in self._refreshing:
+                continue
+            self._refreshing.add(index)
+            self.table.mark_refreshed(index, now=now)
+            self._start("find_node", self.table.random_preimage_in_bucket(index), now,
+                        refresh_bucket=index)
 
     def _correct_outdated(self, key: bytes, value: bytes, outdated: list[bytes], now: float):
         for peer_id in sorted(set(outdated)):

@@ -26,6 +26,10 @@ __all__ = ["WORKLOADS", "Workload", "WorkloadMissing", "WorkloadResults", "load_
 WORKLOADS: dict[str, tuple[str, str, str]] = {
     "pbft": ("sim.workloads.pbft", "PbftWorkload",
              "the PBFT consensus adapter (sim/workloads/pbft.py, class PbftWorkload)"),
+    "discovery": ("sim.workloads.discovery", "DiscoveryWorkload",
+                  "the Kademlia discovery workload (sim/workloads/discovery.py)"),
+    "identity": ("sim.workloads.identity", "IdentityWorkload",
+                 "the identity registry workload (sim/workloads/identity.py)"),
     "selftest-echo": ("sim.workloads.echo", "EchoWorkload", "the engine self-test workload"),
 }
 

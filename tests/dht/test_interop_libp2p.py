@@ -105,7 +105,9 @@ async def request(host, req: OutboundRequest) -> Message:
 
 
 async def drive(node: DhtNode, host, query_id: int) -> list:
-    """Carry out the core's requests one at a time until ``query_id`` finishes."""
+    """Carry out the core's requests one at a time until ``query_id`` finishes (and any
+    queries it started, e.g. the refresh after a bootstrap); returns ``query_id``'s
+    results."""
     finished = []
     while node.query_running(query_id) or node.has_ready():
         ready = node.ready()
@@ -119,7 +121,7 @@ async def drive(node: DhtNode, host, query_id: int) -> list:
                 node.on_failure(req.request_id, now=trio.current_time())
             else:
                 node.on_response(req.request_id, answer, now=trio.current_time())
-    return finished
+    return [r for r in finished if r.query_id == query_id]
 
 
 def mesh_node(host) -> DhtNode:
