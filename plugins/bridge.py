@@ -53,27 +53,16 @@ def plugin_operation(plugin: str, op: bytes) -> bytes:
     return canonical.encode({"t": "plugin", "plugin": plugin, "op": bytes(op)})
 
 
-class LocalPubSub:
-    """Loopback bridge: a publish is delivered to every local subscriber of the
-    protocol (including the publisher), with ``sender`` = ``local_peer``."""
+class _Subscribers:
+    """Per-protocol subscriber lists shared by the bridges."""
 
-    def __init__(self, local_peer: str = "local") -> None:
-        self.local_peer = local_peer
-        self.published: list[PluginMessage] = []
+    def __init__(self) -> None:
         self._subs: dict[str, list[Callable[[PluginMessage], None]]] = {}
-
-    async def publish(self, protocol: str, topic: str, data: bytes) -> None:
-        msg = PluginMessage(protocol, topic, data, self.local_peer)
-        self.published.append(msg)
-        self.inject(msg)
-
-    def inject(self, msg: PluginMessage) -> None:
-        """Deliver ``msg`` as if it came from the network."""
-        for deliver in list(self._subs.get(msg.protocol, ())):
-            deliver(msg)
 
     def subscribe(self, protocol: str,
                   deliver: Callable[[PluginMessage], None]) -> Callable[[], None]:
+        """Call ``deliver(msg)`` for each message on ``protocol``; returns the
+        function that unsubscribes it."""
         self._subs.setdefault(protocol, []).append(deliver)
 
         def unsubscribe() -> None:
@@ -82,8 +71,32 @@ class LocalPubSub:
                 subs.remove(deliver)
         return unsubscribe
 
+    def _deliver(self, msg: PluginMessage) -> None:
+        for deliver in list(self._subs.get(msg.protocol, ())):
+            deliver(msg)
 
-class TransportPubSub:
+
+class LocalPubSub(_Subscribers):
+    """Loopback bridge: a publish is delivered to every local subscriber of the
+    protocol (including the publisher), with ``sender`` = ``local_peer``."""
+
+    def __init__(self, local_peer: str = "local") -> None:
+        super().__init__()
+        self.local_peer = local_peer
+        self.published: list[PluginMessage] = []
+
+    async def publish(self, protocol: str, topic: str, data: bytes) -> None:
+        msg = PluginMessage(protocol, topic, data, self.local_peer)
+        self.published.append(msg)
+        self.inject(msg)
+
+    def inject(self, msg: PluginMessage) -> None:
+        """Deliver ``msg`` as if it came from the network."""
+        self._deliver(msg)
+
+
+
+class TransportPubSub(_Subscribers):
     """A :class:`PubSubBridge` over the node's framed transport (one hop: a publish is
     sent to every connected peer on the plugin's protocol; no gossip, no echo to self).
 
@@ -96,10 +109,10 @@ class TransportPubSub:
     """
 
     def __init__(self, transport) -> None:
+        super().__init__()
         self.transport = transport
         self.dropped = 0
         self.sent = 0
-        self._subs: dict[str, list[Callable[[PluginMessage], None]]] = {}
 
     async def publish(self, protocol: str, topic: str, data: bytes) -> None:
         payload = canonical.encode({"topic": topic, "data": bytes(data)})
@@ -116,16 +129,5 @@ class TransportPubSub:
                 or type(value["topic"]) is not str or type(value["data"]) is not bytes):
             self.dropped += 1
             return
-        msg = PluginMessage(protocol, value["topic"], value["data"], peer_id)
-        for deliver in list(self._subs.get(protocol, ())):
-            deliver(msg)
+        self._deliver(PluginMessage(protocol, value["topic"], value["data"], peer_id))
 
-    def subscribe(self, protocol: str,
-                  deliver: Callable[[PluginMessage], None]) -> Callable[[], None]:
-        self._subs.setdefault(protocol, []).append(deliver)
-
-        def unsubscribe() -> None:
-            subs = self._subs.get(protocol, [])
-            if deliver in subs:
-                subs.remove(deliver)
-        return unsubscribe
