@@ -33,14 +33,6 @@ def test_bad_flags_print_one_line_and_exit_2(capsys, argv, message):
     assert message in err and err.count("\n") == 1 and err.startswith("sim: error: ")
 
 
-def test_pbft_not_wired_says_what_is_missing(capsys):
-    with pytest.raises(SystemExit) as info:
-        main(["run", "--nodes", "100", "--byzantine", "0.33"])
-    err = capsys.readouterr().err
-    assert info.value.code == 3 and err.count("\n") == 1
-    assert "sim/workloads/pbft.py" in err and "PbftWorkload" in err
-
-
 def test_unknown_workload_and_adversary(capsys, tmp_path):
     with pytest.raises(SystemExit) as info:
         main(["run", "--workload", "nope"])
