@@ -2,7 +2,8 @@
 
 ``sim run --nodes 100 --byzantine 0.33 [--seed S] [--duration 60s] [--latency ...]
 [--loss ...] [--partition ...] [--crash ...] [--scenario FILE] [--report-json PATH]
-[--plot DIR] [--allow-unsafe] [--workload NAME] [--cost ...]``
+[--plot DIR] [--allow-unsafe] [--workload NAME] [--cost ...] [--load RATE[:SIZE]]
+[--adversary NAME[:k=v,...][@NODES]] [--param k=v]``
 ``sim calibrate``: measure crypto and codec costs on this machine.
 
 Exit codes: 0 all targets met and safe; 1 a target missed; 2 a safety invariant broke,
@@ -24,7 +25,9 @@ from sim import report as rep
 from sim.cpu import CostModel, parse_costs
 from sim.network import NetworkConfig, parse_latency, parse_partition
 from sim.scenario import (
+    AdversarySpec,
     CrashSpec,
+    LoadSpec,
     RunSpec,
     ScenarioError,
     Timeline,
@@ -73,6 +76,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--crash", action="append", default=[],
                      help="NODES@AT[-RESTART], e.g. 3,7@10s-20s (repeatable)")
     run.add_argument("--cost", help="CPU costs, e.g. sign=0.27ms,verify=65us,handle=20us")
+    run.add_argument("--load", help="client load RATE[:SIZE]: RATE operations/s of SIZE bytes "
+                                    "(replaces the scenario's [[load]]; pbft default 20:256)")
+    run.add_argument("--adversary", action="append", default=[],
+                     help="NAME[:k=v,k=v][@NODES] Byzantine strategy (repeatable; NODES "
+                          "default: all Byzantine nodes), e.g. equivocating-primary, "
+                          "vote-withholding:probability=0.5, twins:count=2, silent, garbage")
+    run.add_argument("--param", action="append", default=[],
+                     help="workload parameter k=v (repeatable; overrides [workload_params])")
     run.add_argument("--scenario", help="TOML scenario file (flags override it)")
     run.add_argument("--report-json", help="write the JSON report here")
     run.add_argument("--plot", help="write PNG plots into this directory (needs matplotlib)")
@@ -150,13 +161,50 @@ def build_spec(args: argparse.Namespace) -> RunSpec:
         timeline, partitions=timeline.partitions + extra, crashes=timeline.crashes + crashes
     )
     costs = parse_costs(args.cost) if args.cost else CostModel()
+    if args.load:
+        timeline = dataclasses.replace(timeline, load=(_load_flag(args.load),))
+    if args.adversary:
+        timeline = dataclasses.replace(timeline, adversaries=timeline.adversaries + tuple(
+            _adversary_flag(a, n) for a in args.adversary))
+    params = dict(scen.get("workload_params", {}))
+    for item in args.param:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--param {item!r} is not KEY=VALUE")
+        params[key.strip()] = value.strip()
     return RunSpec(
         nodes=n, byzantine=byz, seed=seed, duration_s=duration,
         workload=str(_pick(args.workload, scen, "workload", "pbft")),
         network=_network(args, scen, n), costs=costs, timeline=timeline,
         allow_unsafe=args.allow_unsafe, scenario_path=args.scenario,
-        workload_params=dict(scen.get("workload_params", {})),
+        workload_params=params,
     )
+
+
+def _load_flag(text: str) -> LoadSpec:
+    rate, _, size = text.partition(":")
+    try:
+        rate_f, size_i = float(rate), int(size) if size else 256
+    except ValueError:
+        raise ValueError(f"--load {text!r} is not RATE[:SIZE]") from None
+    if not 0 < rate_f < 1e7 or size_i < 0:
+        raise ValueError(f"--load {text!r}: need 0 < RATE < 1e7 and SIZE >= 0")
+    return LoadSpec(rate_f, 0.0, None, size_i)
+
+
+def _adversary_flag(text: str, n: int) -> AdversarySpec:
+    body, at, nodes = text.partition("@")
+    name, _, params_text = body.partition(":")
+    params: dict[str, Any] = {}
+    for item in filter(None, params_text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--adversary {text!r}: {item!r} is not k=v")
+        params[key.strip()] = value.strip()
+    if not name:
+        raise ValueError(f"--adversary {text!r}: missing strategy name")
+    chosen = parse_nodeset(nodes, n) if at and nodes != "byzantine" else None
+    return AdversarySpec(name, chosen, params)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -176,6 +224,7 @@ def _run(args: argparse.Namespace) -> int:
         if not plot.available():
             _fail("--plot needs matplotlib, which is not installed (pip install matplotlib)")
     console = Console()
+    console.width = max(console.width, 132)  # target names are long; do not truncate them
     decisions = []
     with Progress(
         TextColumn("[bold]sim[/bold] {task.description}"), BarColumn(),

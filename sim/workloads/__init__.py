@@ -30,6 +30,8 @@ WORKLOADS: dict[str, tuple[str, str, str]] = {
                   "the Kademlia discovery workload (sim/workloads/discovery.py)"),
     "identity": ("sim.workloads.identity", "IdentityWorkload",
                  "the identity registry workload (sim/workloads/identity.py)"),
+    "tasks": ("sim.workloads.tasks", "TasksWorkload",
+              "the mesh task workload over PBFT (sim/workloads/tasks.py)"),
     "selftest-echo": ("sim.workloads.echo", "EchoWorkload", "the engine self-test workload"),
 }
 
