@@ -63,7 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--byzantine", type=float, help="fraction of Byzantine nodes (floor)")
     run.add_argument("--seed", type=int, help="RNG seed (default 1)")
     run.add_argument("--duration", help="virtual time to simulate, e.g. 60s (default 60s)")
-    run.add_argument("--workload", help="pbft (default) or selftest-echo")
+    run.add_argument("--workload", help="pbft (default: consensus commit latency and "
+                     "partitions), discovery (Kademlia), identity (10,000 identities), "
+                     "tasks (mesh tasks over PBFT), or selftest-echo")
     run.add_argument("--latency", help="50ms | uniform:LO:HI | lognormal:MED:SIGMA | "
                                        "regions:K:INTRA:INTER (default 50ms)")
     run.add_argument("--jitter", help="extra uniform(0, J) delay per message")
