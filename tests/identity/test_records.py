@@ -10,6 +10,7 @@ import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from identity_kit import T, make_log, signer
 
 from identity import canonical
 from identity.did import did_key_from_public_key, peer_id_from_public_key
@@ -37,23 +38,9 @@ from identity.records import (
 )
 from identity.soft import SoftSigner
 
-T = 1_700_000_000
 ADDRS = ["/ip4/127.0.0.1/tcp/4001", "/ip6/::1/udp/4001/quic-v1"]
 
 
-def signer(label: str) -> SoftSigner:
-    return SoftSigner(hashlib.sha256(label.encode()).digest())
-
-
-def make_log(name: str, rotations: int = 0, revoked: bool = False):
-    """A valid log and the controller's keys (key i is current after i rotations)."""
-    keys = [signer(f"{name}/{i}") for i in range(rotations + 3)]
-    log = [incept(keys[0], keys[1].public_key, issued_at=T)]
-    for i in range(1, rotations + 1):
-        log.append(rotate(log, keys[i], keys[i + 1].public_key, issued_at=T + i))
-    if revoked:
-        log.append(revoke(log, keys[rotations + 1], issued_at=T + rotations + 1))
-    return log, keys
 
 
 def frame(body: bytes, signature: bytes) -> bytes:

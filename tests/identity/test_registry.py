@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import random
 from concurrent.futures import ThreadPoolExecutor
 
@@ -10,6 +9,7 @@ import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from identity_kit import T, make_log, signer
 
 from identity import canonical
 from identity.records import (
@@ -29,22 +29,9 @@ from identity.records import (
 from identity.registry import DuplicityEvidence, Registry
 from identity.soft import SoftSigner
 
-T = 1_700_000_000
 ADDRS = ["/ip4/10.0.0.1/tcp/4001"]
 
 
-def signer(label: str) -> SoftSigner:
-    return SoftSigner(hashlib.sha256(label.encode()).digest())
-
-
-def make_log(name: str, rotations: int = 0, revoked: bool = False):
-    keys = [signer(f"{name}/{i}") for i in range(rotations + 3)]
-    log = [incept(keys[0], keys[1].public_key, issued_at=T)]
-    for i in range(1, rotations + 1):
-        log.append(rotate(log, keys[i], keys[i + 1].public_key, issued_at=T + i))
-    if revoked:
-        log.append(revoke(log, keys[rotations + 1], issued_at=T + rotations + 1))
-    return log, keys
 
 
 def record(log, key, version=1, expires_at=T + 3600):
