@@ -7,9 +7,10 @@ replicated state (:class:`~consensus.state.ReplicatedState`), keeps the snapshot
 broadcasts a signed CHECKPOINT(n, sha256(snapshot)). A quorum of matching CHECKPOINTs is
 a stable-checkpoint certificate: the replica then sets its low watermark ``low = n``
 (high watermark ``low + window``), discards log entries and snapshots at or below ``n``
-(garbage collection), persists a ``"stable"`` record and freezes the leader-reputation
-and member set of the new window (both read from the snapshot at ``n``, so all replicas
-with that stable checkpoint agree on them).
+(garbage collection), persists a ``"stable"`` record and freezes the member set of the
+new window (read from the snapshot at ``n``, so all replicas with that stable checkpoint
+agree on it). The leader schedule is not frozen here: it is committed state that never
+changes for a running view (:mod:`consensus.leader`).
 
 State transfer. A replica learns it is behind when it holds a stable-checkpoint
 certificate above its last executed sequence number, when ``f + 1`` members send it
@@ -33,7 +34,6 @@ from typing import Any
 from identity.canonical import encode
 
 from .certificate import CertificateError, verify, verify_checkpoint
-from .leader import Reputation
 from .messages import Checkpoint, CheckpointProof, StateReply, StateRequest, sha256
 
 __all__ = ["CheckpointMixin"]
@@ -47,12 +47,11 @@ class CheckpointMixin:
         digest = sha256(snap)
         self.low = 0
         self.stable_proof = CheckpointProof(0, digest, ())
-        self.snapshots: dict[int, tuple[bytes, bytes, Reputation, Any]] = {
-            0: (snap, digest, self.state.reputation.copy(), self.state.members)}
+        self.snapshots: dict[int, tuple[bytes, bytes, Any]] = {
+            0: (snap, digest, self.state.members)}
         self.ckpt_votes: dict[int, dict[bytes, dict[str, Checkpoint]]] = {}
         self.ckpt_latest: dict[str, int] = {}
         self.my_ckpt: Checkpoint | None = None
-        self.stable_reputation = self.state.reputation.copy()
         self.window_members = self.state.members
         self.others_cache = tuple(i for i in self.window_members.ids if i != self.me)
         self.last_fetch = -(10**9)
@@ -74,7 +73,7 @@ class CheckpointMixin:
             return
         snap = self.state.snapshot()
         digest = sha256(snap)
-        self.snapshots[seq] = (snap, digest, self.state.reputation.copy(), self.state.members)
+        self.snapshots[seq] = (snap, digest, self.state.members)
         self._sign(Checkpoint(seq, digest, self.me))
 
     def _step_checkpoint(self: Any, c: Checkpoint, sender: str) -> None:
@@ -116,10 +115,9 @@ class CheckpointMixin:
         self._make_stable(proof)
 
     def _make_stable(self: Any, proof: CheckpointProof) -> None:
-        snap, _digest, rep, members = self.snapshots[proof.seq]
+        snap, _digest, members = self.snapshots[proof.seq]
         self.low = proof.seq
         self.stable_proof = proof
-        self.stable_reputation = rep
         if members != self.window_members:
             self.window_members = members
             self.others_cache = tuple(i for i in members.ids if i != self.me)
@@ -133,7 +131,9 @@ class CheckpointMixin:
         if self.target is not None and self.target.seq <= proof.seq:
             self.target = None
         self.next_seq = max(self.next_seq, proof.seq + 1)
-        self._persist("stable", proof.seq, encode([proof.wire(), snap, self.view]))
+        pin = self.view_primary
+        entered = [0, None] if pin is None else list(pin)
+        self._persist("stable", proof.seq, encode([proof.wire(), snap, *entered]))
         self._maybe_propose()
 
     def _resend_checkpoint_and_view(self: Any) -> None:
@@ -237,8 +237,7 @@ class CheckpointMixin:
             self.state.restore(snap)
         except ValueError:
             raise AssertionError("a certified snapshot failed to restore") from None
-        self.snapshots[proof.seq] = (snap, proof.state_digest, self.state.reputation.copy(),
-                                     self.state.members)
+        self.snapshots[proof.seq] = (snap, proof.state_digest, self.state.members)
         for key in [k for k, r in self.pending.items() if self.state.is_duplicate(r)]:
             self.pending.pop(key)
             self.pending_since.pop(key, None)
@@ -247,3 +246,4 @@ class CheckpointMixin:
         if not self.in_view_change:
             self.timer_on = False
             self._arm_timer()
+        self._caught_up()

@@ -12,9 +12,11 @@ canonical msgpack):
 ``"prepared"``  a prepared certificate (pre-prepare with batch + prepares): kept so a
                 decision prepared here survives a view change after a crash (TOCS 4.4);
 ``"decided"``   a commit certificate this replica executed (the decided log);
-``"stable"``    ``[CheckpointProof, snapshot, view]``: a stable checkpoint and the
-                replicated state at it;
-``"view"``      ``view``: the replica entered that view (accepted its NEW-VIEW);
+``"stable"``    ``[CheckpointProof, snapshot, view, primary]``: a stable checkpoint, the
+                replicated state at it, and the view the replica was running with the
+                primary it had pinned (``primary`` None: view 0, never pinned);
+``"view"``      ``[view, primary]``: the replica entered that view (accepted the
+                NEW-VIEW that ``primary`` sent; the pin survives restarts);
 ``"request"``   a request submitted locally with ``propose`` (re-submitted on restart
                 until executed; delete it once a decided batch contains it).
 
@@ -77,12 +79,16 @@ def restore(me: str, members: Any, records: Iterable[Record], *, replica_cls: An
         _restore_stable(r, [x for x in records if x.kind == "stable"])
         _restore_decided(r, [x for x in records if x.kind == "decided"])
         view, entered = 0, 0
+        pins: dict[int, str] = {}
         for rec in records:
             if rec.kind == "prepared" and rec.seq > r.low:
                 _restore_prepared(r, decode_message(rec.data))
             elif rec.kind in ("msg", "viewchange"):
-                v, e = _restore_own(r, decode_message(rec.data))
+                msg = decode_message(rec.data)
+                v, e = _restore_own(r, msg)
                 view, entered = max(view, v), max(entered, e)
+                if isinstance(msg, NewView):
+                    pins[msg.view] = msg.sender
             elif rec.kind == "request":
                 req = decode_message(rec.data)
                 if req.client == me:
@@ -91,14 +97,21 @@ def restore(me: str, members: Any, records: Iterable[Record], *, replica_cls: An
                 if (req.client, req.rid) in r.pending:
                     r.local[(req.client, req.rid)] = r.now
             elif rec.kind == "view":
-                entered = max(entered, int(decode(rec.data)))
+                v, who = decode(rec.data)
+                entered = max(entered, int(v))
+                pins[int(v)] = str(who)
             elif rec.kind == "stable":
-                entered = max(entered, int(decode(rec.data)[2]))
-    except (DecodeError, MessageDecodeError, TypeError, IndexError) as exc:
+                _proof, _snap, v, who = decode(rec.data)
+                entered = max(entered, int(v))
+                if who is not None:
+                    pins[int(v)] = str(who)
+    except (DecodeError, MessageDecodeError, TypeError, IndexError, ValueError) as exc:
         raise ValueError(f"corrupt consensus record: {exc}") from None
     r.entering = False
     r.view = max(view, entered)
     r.in_view_change = view > entered
+    if entered in pins:
+        r.view_primary = (entered, pins[entered])
     if r.in_view_change:
         r._vc_timer()
     r._execute_ready()
@@ -114,13 +127,12 @@ def _restore_stable(r: Any, stables: list[Record]) -> None:
     if not stables:
         return
     rec = max(stables, key=lambda x: x.seq)
-    proof_w, snap, _view = decode(rec.data)
+    proof_w, snap, _view, _primary = decode(rec.data)
     proof = CheckpointProof.from_wire(proof_w)
     if sha256(snap) != proof.state_digest:
         raise ValueError("stable record snapshot does not match its proof")
     r.state.restore(snap)
-    r.snapshots[proof.seq] = (snap, proof.state_digest, r.state.reputation.copy(),
-                              r.state.members)
+    r.snapshots[proof.seq] = (snap, proof.state_digest, r.state.members)
     r._make_stable(proof)
 
 

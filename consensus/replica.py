@@ -54,7 +54,7 @@ from .batching import RequestsMixin
 from .checkpoint import CheckpointMixin
 from .effects import Decision, Outbound, Ready, Record, SignRequest
 from .evidence import make_evidence
-from .leader import primary as choose_primary
+from .leader import round_robin, schedule_primary
 from .messages import (
     Batch,
     Checkpoint,
@@ -165,7 +165,8 @@ class Replica(RequestsMixin, CheckpointMixin, ViewChangeMixin):
         self._sign_id = 0
         self._unsigned: dict[int, tuple[Any, Any, Any]] = {}
         self._own_rid = 0
-        self._primary_cache: dict[int, str] = {}
+        self.view_primary: tuple[int, str] | None = None  # (view entered, its NEW-VIEW sender)
+        self._primary_memo: tuple[Any, str] | None = None
         self.known_prepared: set[tuple[int, int, bytes]] = set()  # (view, seq, digest)
         self._init_checkpoints()
         self._init_view_change()
@@ -181,17 +182,25 @@ class Replica(RequestsMixin, CheckpointMixin, ViewChangeMixin):
         return self.state.last_seq
 
     def primary(self, view: int) -> str:
-        """Primary of ``view``, from the reputation frozen at the stable checkpoint when
-        this replica first asked. Fixed from then on: a checkpoint that becomes stable
-        in the middle of a view never changes who leads it."""
-        cached = self._primary_cache.get(view)
-        if cached is None:
-            rep = self.stable_reputation if self.cfg.reputation else None
-            cached = self._primary_cache[view] = choose_primary(view, self.members, rep)
-            if len(self._primary_cache) > 256:
-                for v in [v for v in self._primary_cache if v < self.view]:
-                    del self._primary_cache[v]
-        return cached
+        """Primary of ``view`` (a member id). For the view this replica entered through a
+        NEW-VIEW: that NEW-VIEW's sender (pinned, persisted with the ``"view"`` record).
+        Otherwise a pure function of ``view``, the member set and the leader schedule of
+        the executed state (:mod:`consensus.leader`): nothing executed while a view runs
+        changes its primary, and replicas that executed the same prefix agree."""
+        pin = self.view_primary
+        if pin is not None and pin[0] == view:
+            return pin[1]
+        members = self.members
+        if not self.cfg.reputation:
+            return round_robin(view, members)
+        skipped = self.state.reputation.schedule(view)[1]
+        memo = self._primary_memo
+        if memo is not None and memo[0][0] == view and memo[0][1] is skipped and \
+                memo[0][2] is members:
+            return memo[1]
+        who = schedule_primary(view, members, skipped)
+        self._primary_memo = ((view, skipped, members), who)
+        return who
 
     def is_primary(self) -> bool:
         return self.primary(self.view) == self.me
@@ -450,12 +459,15 @@ class Replica(RequestsMixin, CheckpointMixin, ViewChangeMixin):
             return
 
     def _execute_ready(self) -> None:
+        start = self.last_executed
         while True:
             seq = self.last_executed + 1
             slot = self.slots.get(seq)
             if slot is None or slot.cert is None:
-                return
+                break
             self._execute(slot.cert)
+        if self.last_executed != start:
+            self._caught_up()
 
     def _execute(self, cert: CommitCertificate) -> None:
         """Execute a certified batch at ``last_executed + 1`` and emit its decision."""

@@ -100,7 +100,6 @@ class ReplicatedState:
         self.pending_members: tuple[int, Membership] | None = None
         self.clients: dict[str, _Client] = {}
         self.reputation = Reputation()
-        self.schedule = self.reputation.copy()  # reputation at the last boundary
         self.last_seq = 0
 
     # -- execution ------------------------------------------------------------------
@@ -113,7 +112,7 @@ class ReplicatedState:
         result per request (:data:`DUPLICATE` for requests executed before)."""
         if seq != self.last_seq + 1:
             raise AssertionError(f"execute out of order: {seq} after {self.last_seq}")
-        self.reputation.on_batch(seq, batch, self.members, self.schedule)
+        self.reputation.on_batch(seq, batch, self.members)
         fresh: list[Request] = []
         for req in batch.requests:
             if self.is_duplicate(req) or any(
@@ -130,7 +129,6 @@ class ReplicatedState:
         self.last_seq = seq
         if seq % self.K == 0:
             self._boundary(seq)
-            self.schedule = self.reputation.copy()
         return [out.get((r.client, r.rid), DUPLICATE) for r in batch.requests]
 
     def _system(self, seq: int, req: Request) -> bytes:
@@ -171,7 +169,6 @@ class ReplicatedState:
             self.pending_members = None if pend is None else (
                 pend[0], Membership.of({i: k for i, k in pend[1]}))
             self.reputation = Reputation.from_wire(rep)
-            self.schedule = self.reputation.copy()
         except (DecodeError, TypeError, ValueError) as exc:
             raise ValueError(f"bad snapshot: {exc}") from None
         self.app.restore(app)

@@ -67,6 +67,7 @@ class ViewChangeMixin:
         self.my_nv: NewView | None = None
         self.nv_building: int | None = None
         self.nv_sent_to: dict[str, int] = {}
+        self.nv_deferred: NewView | None = None  # from a primary we cannot confirm yet
         self.entering = False  # inside _enter_view: no new batches yet
 
     def _on_timeout(self: Any) -> None:
@@ -145,6 +146,8 @@ class ViewChangeMixin:
         if vc.sender == self.me:
             self.my_vc = vc
         self.vc_votes.setdefault(vc.new_view, {})[vc.sender] = vc
+        if vc.checkpoint.seq > self.low:
+            self._on_stable_proof(vc.checkpoint)  # verified above; fetch state if behind
         self._join_higher_view()
         self._vc_timer()
         self._maybe_new_view()
@@ -172,6 +175,8 @@ class ViewChangeMixin:
             return
         others = [votes[s] for s in sorted(votes) if s != self.me][: self.members.quorum - 1]
         vcs = (votes[self.me], *others)
+        if max(vc.checkpoint.seq for vc in vcs) > self.last_executed:
+            return  # behind the quorum: its state may name another primary (_caught_up)
         _min_s, o = compute_new_view(v, self.me, vcs)
         self.nv_building = v
         self._nv_parts = {"view": v, "vcs": vcs, "o": [None] * len(o), "left": len(o)}
@@ -195,6 +200,12 @@ class ViewChangeMixin:
             self._drop(sender, "stale-view")
             return
         if nv.sender != self.primary(nv.view):
+            if max((vc.checkpoint.seq for vc in nv.view_changes), default=0) > \
+                    self.last_executed:
+                # behind the quorum: the primary we compute may be stale; retry the
+                # NEW-VIEW once state transfer caught us up (_caught_up)
+                self.nv_deferred = nv
+                self._request_state()
             self._drop(sender, "not-primary")
             return
         if nv.sender != self.me and not self._valid_new_view(nv):
@@ -229,10 +240,11 @@ class ViewChangeMixin:
         self.view = nv.view
         self.in_view_change = False
         self.timer_on = False
+        self.view_primary = (nv.view, nv.sender)  # pinned for as long as the view runs
         if nv.sender == self.me:
             self.my_nv = nv
         else:
-            self._persist("view", self.low, encode(nv.view))
+            self._persist("view", self.low, encode([nv.view, nv.sender]))
         for v in [v for v in self.vc_votes if v <= nv.view]:
             del self.vc_votes[v]
         best = max(nv.view_changes, key=lambda vc: vc.checkpoint.seq).checkpoint
@@ -258,6 +270,17 @@ class ViewChangeMixin:
             self.entering = False
         self._arm_timer()
         self._maybe_propose()
+
+    def _caught_up(self: Any) -> None:
+        """Executed more while changing views: the primary of the new view may now be
+        computed from fresher committed state; retry a deferred NEW-VIEW, or build ours."""
+        if not self.in_view_change:
+            return
+        nv, self.nv_deferred = self.nv_deferred, None
+        if nv is not None and nv.view == self.view:
+            self._step_new_view(nv, nv.sender)
+        if self.in_view_change:
+            self._maybe_new_view()
 
     def _help_lagging(self: Any, member: str) -> None:
         """A member asks for a view we already left: re-send it our NEW-VIEW, or our own

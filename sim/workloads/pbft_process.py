@@ -78,7 +78,7 @@ def _tag(rec: Record) -> Any:
     4 MiB message limit, see the report)."""
     obj = decode(rec.data, max_bytes=1 << 31)
     if rec.kind == "view":
-        return int(obj)
+        return int(obj[0])  # [view, primary]
     if rec.kind == "request":
         return (obj[1], obj[2])  # Request: [KIND, client, rid, op]
     return obj[1]  # ViewChange [KIND, new_view, ...] / NewView [KIND, view, ...]

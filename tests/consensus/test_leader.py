@@ -26,18 +26,44 @@ def test_every_candidate_leads_once_per_round_in_a_shuffled_order() -> None:
 
 
 def test_failed_views_are_charged_from_the_committed_log_and_skipped() -> None:
-    m, rep = members(7), Reputation()
-    schedule = rep.copy()
-    rep.on_batch(1, Batch(0, rep.primary(0, m)), m, schedule)
+    m, rep = members(10), Reputation()
+    genesis = rep.copy()
+    rep.on_batch(1, Batch(0, rep.primary(0, m)), m)
     assert not rep.failures
-    failed = [schedule.primary(w, m) for w in (0, 1, 2)]
-    rep.on_batch(2, Batch(3, schedule.primary(3, m)), m, schedule)   # views 0..2 ended
+    failed = [genesis.primary(w, m) for w in (0, 1, 2)]
+    rep.on_batch(2, Batch(3, genesis.primary(3, m)), m)   # views 0..2 ended
     assert sorted(rep.failures) == sorted(set(failed))
-    for v in range(100):
+    # the running view 3 (and earlier ones) keep their primaries; later views skip them
+    assert [rep.primary(v, m) for v in range(4)] == [genesis.primary(v, m) for v in range(4)]
+    for v in range(4, 100):
         assert rep.primary(v, m) not in failed
-    rep.on_batch(2 + PENALTY_SEQS, Batch(3, "x"), m, schedule)        # penalties expire
-    assert {rep.primary(v, m) for v in range(14)} == set(m.ids)
     assert Reputation.from_wire(rep.wire()) == rep
+    rep.on_batch(2 + PENALTY_SEQS, Batch(3, "x"), m)        # penalties expire ...
+    assert rep.primary(4, m) not in failed                 # ... for views not yet frozen
+    rep.on_batch(3 + PENALTY_SEQS, Batch(4, "x"), m)        # view 3 ended, view 4 runs
+    assert rep.schedule(5)[1] == (genesis.primary(3, m),)
+
+
+def test_at_most_f_members_are_skipped() -> None:
+    m, rep = members(7), Reputation()
+    rep.on_batch(1, Batch(6, "x"), m)                      # views 0..5 ended: 6 charged
+    assert len(set(rep.failures)) >= 3 and len(rep.schedule(7)[1]) == m.f
+    assert len({rep.primary(v, m) for v in range(10, 15)}) == m.n - m.f  # one round
+
+
+def test_executing_a_view_never_changes_its_primary() -> None:
+    """The primary of a view is frozen before the view starts (consensus.leader): the
+    views a new-view batch ends (and its own view) keep their primaries."""
+    m, rep = members(10), Reputation()
+    seq, last = 0, -1
+    for view in (0, 2, 3, 7, 8):
+        views = range(last + 1, view + 1)
+        before = [rep.primary(v, m) for v in views]
+        for _ in range(3):
+            seq += 1
+            rep.on_batch(seq, Batch(view, before[-1]), m)
+            assert [rep.primary(v, m) for v in views] == before
+        last = view
 
 
 def test_reputation_avoids_paying_a_timeout_per_faulty_primary() -> None:

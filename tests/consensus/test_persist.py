@@ -132,3 +132,49 @@ def test_compacted_records_restore_after_a_view_change() -> None:
     assert (back.view, back.in_view_change, back.last_executed) == (r.view, False,
                                                                     r.last_executed)
     assert back.next_seq >= r.next_seq
+
+
+def test_restarted_primary_rejoins_the_view_it_missed() -> None:
+    """The primary of view 0 crashes; the others change view, charge it in committed
+    state and take a stable checkpoint. Restarted, it must compute the same primary for
+    the running view, accept its NEW-VIEW and be part of the next quorum: with a
+    second replica down, nothing commits without it."""
+    net = Net(4, seed=7, config=CFG)
+    p0 = net.replicas["r000"].primary(0)
+    net.crash(p0)
+    alive = [i for i in net.ids if i != p0]
+    want = [f"m{k}".encode() for k in range(10)]
+    for k, op in enumerate(want):
+        net.propose(alive[k % 3], op)
+    net.run(300, until=lambda: net.all_decided(want, who=alive))
+    ref = net.replicas[alive[0]]
+    assert ref.view >= 1 and ref.low > 0 and ref.state.reputation.failures.get(p0)
+    net.restart(p0)
+    me = net.replicas[p0]
+    assert me.primary(ref.view) == ref.primary(ref.view)
+    other = next(i for i in alive if i not in (ref.me, ref.primary(ref.view)))
+    net.crash(other)
+    more = [f"n{k}".encode() for k in range(5)]
+    for k, op in enumerate(more):
+        net.propose(p0 if k % 2 else ref.me, op)
+    net.run(300, until=lambda: net.all_decided(more))
+    net.check_safety()
+    assert (me.view, me.in_view_change) == (ref.view, False)
+    assert me.view_primary == ref.view_primary
+
+
+def test_the_pinned_primary_of_the_running_view_survives_a_restart() -> None:
+    net = Net(4, seed=8, config=CFG)
+    p0 = net.replicas["r000"].primary(0)
+    net.crash(p0)
+    alive = [i for i in net.ids if i != p0]
+    want = [f"q{k}".encode() for k in range(6)]
+    for k, op in enumerate(want):
+        net.propose(alive[k % 3], op)
+    net.run(300, until=lambda: net.all_decided(want, who=alive))
+    for i in alive:
+        r = net.replicas[i]
+        pin = r.view_primary
+        assert pin is not None and pin[0] == r.view
+        back = restore(i, net.members, net.storage[i], config=CFG, verify=net.verify)
+        assert (back.view, back.in_view_change, back.view_primary) == (r.view, False, pin)

@@ -64,7 +64,18 @@ def scenario(seed: int, n: int, *, byz: dict[str, str] | None = None, ticks: int
     net.run(4000, until=lambda: net.all_decided(want))
     net.check_safety()
     net.check_no_equivocation()
+    check_primaries_agree(net)
     return net
+
+
+def check_primaries_agree(net: Net) -> None:
+    """Live honest replicas running the same view name the same primary for it."""
+    seen: dict[int, set[str]] = {}
+    for i in net.honest:
+        r = net.replicas[i]
+        if i not in net.down and not r.in_view_change:
+            seen.setdefault(r.view, set()).add(r.primary(r.view))
+    assert all(len(p) == 1 for p in seen.values()), seen
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck),

@@ -20,8 +20,6 @@ from sim.workloads.pbft import PbftWorkload
 MEMBERS = Membership.of({f"n{i:03d}": bytes([i]) * 32 for i in range(4)})
 
 
-@pytest.mark.xfail(strict=True, reason="leader: Reputation.primary(view) changes when a "
-                   "batch of that view commits; Replica.primary now pins it per view")
 def test_reputation_primary_of_a_view_is_stable_while_the_view_runs():
     # View 0's primary failed; view 1 is running and commits its first batch. At the
     # next stable checkpoint every replica adopts this reputation (Replica.primary reads
@@ -73,8 +71,6 @@ def test_in_the_simulator_no_replica_sees_its_current_view_change_primary():
     assert flips == []
 
 
-@pytest.mark.xfail(strict=True, reason="core: a replica restarted after a view change "
-                   "computes a different primary for the current view and never rejoins it")
 def test_a_restarted_primary_rejoins_the_current_view():
     # n = 4, no Byzantine nodes. The primary of view 0 crashes at 2 s (the others move
     # to view 1) and restarts at 4 s. Six seconds later it should be back in the normal
