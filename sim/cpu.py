@@ -3,15 +3,30 @@
 Theory of operation
 -------------------
 Each node has a :class:`Cpu` with a ``busy_until`` virtual time and a FIFO of work
-items (a delivered message, a fired timer, an injected local call). When an item
-arrives and the CPU is idle it starts at once; otherwise it waits in the FIFO until
-``busy_until``. Running an item executes the protocol's Python code *instantly* in
-virtual time, but the item's handler charges modelled costs (``ctx.charge``), which
-advance the node's local clock; the item ends at ``start + charged`` and that becomes
-``busy_until``. Messages the handler sends leave at the local clock value when they are
-sent, so a reply to a message that needed three verifications and one signature
-leaves ``handle + 3*verify + sign`` after the message was *dequeued*, which itself may be
-long after it arrived. Latencies measured by workloads therefore include crypto queueing.
+items (a delivered message, a fired timer, an injected local call). An item submitted
+at ``now`` starts at ``max(now, busy_until)``: at once when the CPU is idle, otherwise
+when the work submitted before it is done. Running an item executes the protocol's
+Python code *instantly* in virtual time, but the item's handler charges modelled costs
+(``ctx.charge``), which advance the node's local clock from the item's start; the item
+ends at ``start + charged`` and that becomes ``busy_until``. Messages the handler sends
+leave at the local clock value when they are sent, so a reply to a message that needed
+three verifications and one signature leaves ``handle + 3*verify + sign`` after the
+message *started*, which itself may be long after it arrived. Latencies measured by
+workloads therefore include crypto queueing.
+
+Eager execution (a speed-up that changes no outcome): everything that can reach a node's
+process goes through its CPU FIFO, and every effect of a handler (sends, timers, disk
+writes) is stamped with the node's local clock, never with the global ``now``. So an
+item whose start time is already known when it is submitted (nothing is queued in front
+of it) can run right away, at submission, with its local clock set to that start time,
+instead of waiting in the queue for a wake-up event: the process sees the same inputs in
+the same order and produces the same effects at the same virtual times. Two things can
+happen to a node between submission and start that a process cannot see coming, and both
+keep the queue: a scheduled crash (``crash_at``; the crash must drop the work) and the
+end of the running ``Engine.run`` (work that starts after ``until`` waits for the next
+run). The network checks partitions by the departure time, not by ``now``
+(:meth:`sim.network.Network.blocked_at`). This halves the event count of busy runs
+(one event per delivered message instead of two).
 
 Costs are a :class:`CostModel` (seconds); defaults are the figures measured on the
 project's 2-core machines (see ``bench/sim.py`` and :mod:`sim.calibrate`, and the table
@@ -25,6 +40,7 @@ wall time only, never the simulated outcome; every node is still charged ``verif
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -114,12 +130,14 @@ class Cpu:
 
     ``run_item(start_s, item) -> end_s`` executes one item starting at ``start_s`` and
     returns when it finished (``end_s >= start_s``). Attributes: ``busy_until``,
-    ``busy_total`` (seconds of work done), ``handled`` (items run), ``max_queue``.
+    ``busy_total`` (seconds of work done), ``handled`` (items run), ``max_queue`` (most
+    items submitted but not yet started at one time), ``max_wait_s`` (longest time an
+    item waited for the CPU), ``eager`` (items run at submission, see the module doc).
     """
 
     __slots__ = (
-        "_engine", "_run_item", "_queue", "_wakeup", "_running",
-        "busy_until", "busy_total", "handled", "max_queue",
+        "_engine", "_run_item", "_queue", "_wakeup", "_running", "_starts", "crash_at",
+        "busy_until", "busy_total", "handled", "max_queue", "max_wait_s", "eager",
     )
 
     def __init__(self, engine: Engine, run_item: Callable[[float, Any], float]) -> None:
@@ -128,41 +146,73 @@ class Cpu:
         self._queue: deque[Any] = deque()
         self._wakeup: EventHandle | None = None
         self._running = False
+        self._starts: deque[float] = deque()  # start times of items not started at `now`
+        #: Virtual time of this node's next scheduled crash (inf: none). Work that would
+        #: start at or after it is never run ahead of time (the crash drops it).
+        self.crash_at = math.inf
         self.busy_until = 0.0
         self.busy_total = 0.0
         self.handled = 0
         self.max_queue = 0
+        self.max_wait_s = 0.0
+        self.eager = 0
 
     @property
     def queued(self) -> int:
         """Items waiting (not counting the one running)."""
         return len(self._queue)
 
+    def _backlog(self, now: float, start: float) -> None:
+        starts = self._starts
+        while starts and starts[0] <= now:
+            starts.popleft()
+        if start > now:
+            starts.append(start)
+            if start - now > self.max_wait_s:
+                self.max_wait_s = start - now
+        waiting = len(starts) + len(self._queue)
+        if waiting > self.max_queue:
+            self.max_queue = waiting
+
     def submit(self, item: Any) -> None:
-        """Run ``item`` now if the CPU is idle, else queue it behind earlier work."""
-        now = self._engine.now
-        if self._running or self._queue or self.busy_until > now:
+        """Run ``item`` when the CPU is free: at once (eagerly, with its start time set
+        to when the CPU frees up) when nothing is queued and that start is within the
+        running ``Engine.run`` and before the node's next crash; else queue it."""
+        engine = self._engine
+        now = engine.now
+        start = self.busy_until if self.busy_until > now else now
+        if self._running or self._queue or (
+                start > now and (start > engine.run_until or start >= self.crash_at)):
+            self._backlog(now, math.inf)
             self._queue.append(item)
-            if len(self._queue) > self.max_queue:
-                self.max_queue = len(self._queue)
             if self._wakeup is None and not self._running:
-                self._wakeup = self._engine.schedule_at(max(self.busy_until, now), self._wake)
+                self._wakeup = engine.schedule_at(start, self._wake)
             return
-        self._execute(now, item)
+        self._backlog(now, start)
+        if start > now:
+            self.eager += 1
+        self._execute(start, item)
 
     def _execute(self, start: float, item: Any) -> None:
-        self._running = True
-        try:
-            end = self._run_item(start, item)
-        finally:
-            self._running = False
-        if end < start:
-            raise RuntimeError(f"work item ended before it started ({end} < {start})")
-        self.busy_total += end - start
-        self.busy_until = end
-        self.handled += 1
-        if self._queue and self._wakeup is None:
-            self._wakeup = self._engine.schedule_at(end, self._wake)
+        engine, queue = self._engine, self._queue
+        while True:
+            self._running = True
+            try:
+                end = self._run_item(start, item)
+            finally:
+                self._running = False
+            if end < start:
+                raise RuntimeError(f"work item ended before it started ({end} < {start})")
+            self.busy_total += end - start
+            self.busy_until = end
+            self.handled += 1
+            if not queue or self._wakeup is not None:
+                return
+            # Items queued while this one ran (a nested submit) start at `end`.
+            if end > engine.run_until or end >= self.crash_at:
+                self._wakeup = engine.schedule_at(max(end, engine.now), self._wake)
+                return
+            start, item = end, queue.popleft()
 
     def _wake(self) -> None:
         self._wakeup = None
@@ -173,6 +223,7 @@ class Cpu:
         """Crash: drop queued work and the item in progress. Returns items dropped."""
         dropped = len(self._queue)
         self._queue.clear()
+        self._starts.clear()
         cancel(self._wakeup)
         self._wakeup = None
         self.busy_until = self._engine.now

@@ -22,6 +22,9 @@ the same :meth:`Engine.trace_digest`; tests assert it.
 
 Cancellation is lazy: :func:`cancel` blanks the callback of a heap entry, and ``run``
 skips blank entries when it pops them.
+
+While :meth:`Engine.run` runs, ``run_until`` is its ``until`` (``-inf`` otherwise): the
+CPU model runs work ahead of time only inside it (see :mod:`sim.cpu`).
 """
 
 from __future__ import annotations
@@ -70,6 +73,8 @@ class Engine:
         self._hooks: list[Callable[[], None]] = []
         self._stopped = False
         self._current: list[Any] | None = None
+        #: ``until`` of the :meth:`run` in progress (virtual seconds; -inf outside run).
+        self.run_until = -math.inf
         self._trace = hashlib.sha256() if trace else None
         #: Free-form description of what the current event is doing (set by World).
         self.note = ""
@@ -104,6 +109,12 @@ class Engine:
         entry = [time_s, self._seq, callback, args]
         heapq.heappush(self._heap, entry)
         return entry
+
+    def schedule_unchecked(self, time_s: float, callback: Callable[..., Any], *args: Any) -> None:
+        """Hot-path :meth:`schedule_at` for callers that guarantee ``now <= time_s < inf``
+        (the network, whose departure times are node clocks >= now). No handle."""
+        self._seq += 1
+        heapq.heappush(self._heap, [time_s, self._seq, callback, args])
 
     def pending(self) -> int:
         """Number of entries in the heap (cancelled ones included until popped)."""
@@ -172,26 +183,30 @@ class Engine:
         limit = math.inf if max_events is None else max_events
         every = progress_every if on_progress is not None else 0
         self._stopped = False
+        self.run_until = until
         n = 0
-        while heap and n < limit and not self._stopped:
-            if heap[0][0] > until:
-                break
-            entry = pop(heap)
-            fn = entry[2]
-            if fn is None:
-                continue
-            self.now = entry[0]
-            self._current = entry
-            self.note = ""
-            if trace is not None:
-                name = getattr(fn, "__qualname__", "?")
-                trace.update(f"{entry[0]!r}|{entry[1]}|{name}\n".encode())
-            fn(*entry[3])
-            n += 1
-            for hook in hooks:
-                hook()
-            if every and n % every == 0:
-                on_progress(self.now)  # type: ignore[misc]
+        try:
+            while heap and n < limit and not self._stopped:
+                if heap[0][0] > until:
+                    break
+                entry = pop(heap)
+                fn = entry[2]
+                if fn is None:
+                    continue
+                self.now = entry[0]
+                self._current = entry
+                self.note = ""
+                if trace is not None:
+                    name = getattr(fn, "__qualname__", "?")
+                    trace.update(f"{entry[0]!r}|{entry[1]}|{name}\n".encode())
+                fn(*entry[3])
+                n += 1
+                for hook in hooks:
+                    hook()
+                if every and n % every == 0:
+                    on_progress(self.now)  # type: ignore[misc]
+        finally:
+            self.run_until = -math.inf
         self.events += n
         self.note = ""
         if until != math.inf and not self._stopped and n < limit and until > self.now:

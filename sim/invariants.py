@@ -190,7 +190,10 @@ class LivenessAfterHeal(Checker):
         )
 
     def on_decided(self, node: int, time_s: float, seq: int, digest: bytes, proof: Any) -> None:
-        self._last[node] = time_s
+        # time_s is the node's local clock, which may run ahead of the deadline event
+        # (sim.cpu runs work ahead of time): a decision after the deadline is too late.
+        if time_s <= self.heal_s + self.within_s:
+            self._last[node] = max(time_s, self._last.get(node, -1.0))
 
     def _deadline(self) -> None:
         assert self._world is not None

@@ -34,7 +34,7 @@ import dataclasses
 import math
 import random
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from sim.engine import Engine
@@ -189,6 +189,14 @@ class LinkCut:
                f"{format_nodeset(self.dst)}"
 
 
+def _group_of(item: Partition) -> dict[int, int]:
+    group_of: dict[int, int] = {}
+    for idx, group in enumerate(item.groups):
+        for node in group:
+            group_of[node] = idx
+    return group_of
+
+
 def _window(start_s: float, end_s: float | None) -> str:
     end = "never" if end_s is None else f"{end_s:g}s"
     return f"{start_s:g}s-{end}"
@@ -287,6 +295,8 @@ class Network:
         self._rng = rng or engine.child_rng("network")
         self._group_maps: list[tuple[Partition, dict[int, int]]] = []
         self._cuts: list[LinkCut] = []
+        # every scheduled partition/cut: (start_s, end_s or inf, item, group_of or None)
+        self._windows: list[tuple[float, float, Partition | LinkCut, dict[int, int] | None]] = []
         self._last_arrival: dict[tuple[int, int], float] = {}
         self._link_free: dict[tuple[int, int], float] = {}
         self._tracing = engine.tracing
@@ -294,6 +304,9 @@ class Network:
     # -- partitions -----------------------------------------------------------------
     def schedule(self, item: Partition | LinkCut) -> None:
         """Apply a partition or cut at its start time and lift it at its end time."""
+        group_of = None if isinstance(item, LinkCut) else _group_of(item)
+        end = math.inf if item.end_s is None else item.end_s
+        self._windows.append((item.start_s, end, item, group_of))
         self.engine.schedule_at(max(item.start_s, self.engine.now), self._activate, item)
         if item.end_s is not None:
             self.engine.schedule_at(max(item.end_s, self.engine.now), self._heal, item)
@@ -303,11 +316,7 @@ class Network:
         if isinstance(item, LinkCut):
             self._cuts.append(item)
             return
-        group_of: dict[int, int] = {}
-        for idx, group in enumerate(item.groups):
-            for node in group:
-                group_of[node] = idx
-        self._group_maps.append((item, group_of))
+        self._group_maps.append((item, _group_of(item)))
 
     def _heal(self, item: Partition | LinkCut) -> None:
         self.engine.record("heal", item.describe())
@@ -315,6 +324,21 @@ class Network:
             self._cuts.remove(item)
         else:
             self._group_maps = [(p, g) for p, g in self._group_maps if p is not item]
+
+    def blocked_at(self, src: int, dst: int, time_s: float) -> bool:
+        """True when a scheduled partition or cut blocks src -> dst at ``time_s``
+        (virtual seconds; a window is ``[start, end)``)."""
+        if src == dst:
+            return False
+        for start, end, item, group_of in self._windows:
+            if not start <= time_s < end:
+                continue
+            if group_of is None:
+                if src in item.src and dst in item.dst:  # type: ignore[union-attr]
+                    return True
+            elif group_of.get(src, -1) != group_of.get(dst, -1):
+                return True
+        return False
 
     def blocked(self, src: int, dst: int) -> bool:
         """True when the link src -> dst is cut right now."""
@@ -328,6 +352,50 @@ class Network:
     # -- sending --------------------------------------------------------------------
     def send(self, src: int, dst: int, payload: bytes, depart_s: float, meta: Any = None) -> None:
         """Send ``payload`` from ``src`` to ``dst``, leaving at ``depart_s`` (>= now)."""
+        fast = not (self._tracing or self._windows)
+        self._send_one(src, dst, payload, depart_s, meta, fast)
+
+    def send_many(
+        self, src: int, dests: Iterable[int], payload: bytes, depart_s: float, step_s: float,
+        tag: Any,
+    ) -> float:
+        """Send one ``payload`` from ``src`` to each of ``dests`` (valid node ids, checked
+        by the caller), in order: the i-th copy leaves at ``depart_s + (i+1) * step_s``
+        seconds (``step_s``: the sender's per-destination send cost) and carries the meta
+        ``(tag, its departure time)``. Same fate rules as :meth:`send`. Returns the last
+        copy's departure time (``depart_s`` when ``dests`` is empty)."""
+        stats, engine, cfg = self.stats, self.engine, self.config
+        size = len(payload)
+        push = engine.schedule_unchecked
+        arrive = self._arrive
+        fast = not (cfg.duplicate or cfg.loss or cfg.bandwidth_bps or cfg.jitter_s
+                    or cfg.reorder or self._tracing or self._windows)
+        constant = type(cfg.latency) is Constant and cfg.fifo
+        if fast and constant:
+            latency, last_arrival = cfg.latency.latency_s, self._last_arrival
+            for dst in dests:
+                depart_s += step_s
+                stats.sent += 1
+                stats.bytes_sent += size
+                if src == dst:
+                    push(depart_s, arrive, src, dst, payload, (tag, depart_s))
+                    continue
+                arrival = depart_s + latency
+                link = (src, dst)
+                last = last_arrival.get(link, 0.0)
+                if arrival < last:
+                    arrival = last
+                last_arrival[link] = arrival
+                push(arrival, arrive, src, dst, payload, (tag, depart_s))
+            return depart_s
+        for dst in dests:
+            depart_s += step_s
+            self._send_one(src, dst, payload, depart_s, (tag, depart_s), fast)
+        return depart_s
+
+    def _send_one(
+        self, src: int, dst: int, payload: bytes, depart_s: float, meta: Any, fast: bool,
+    ) -> None:
         stats = self.stats
         stats.sent += 1
         stats.bytes_sent += len(payload)
@@ -335,15 +403,16 @@ class Network:
         if self._tracing:
             engine.record("send", src, dst, depart_s, len(payload), zlib.crc32(payload))
         if src == dst:
-            engine.schedule_at(depart_s, self._arrive, src, dst, payload, meta)
+            engine.schedule_unchecked(depart_s, self._arrive, src, dst, payload, meta)
             return
-        if (self._group_maps or self._cuts) and self.blocked(src, dst):
+        # checked at the departure time: the sender may run ahead of `now` (sim.cpu)
+        if not fast and self._windows and self.blocked_at(src, dst, depart_s):
             stats.cut += 1
             return
         cfg = self.config
-        if not (cfg.duplicate or cfg.loss):  # fast path: one copy, never lost
+        if not (cfg.duplicate or cfg.loss):  # one copy, never lost
             arrival = self._arrival_time(src, dst, len(payload), depart_s, True)
-            engine.schedule_at(arrival, self._arrive, src, dst, payload, meta)
+            engine.schedule_unchecked(arrival, self._arrive, src, dst, payload, meta)
             return
         rng = self._rng
         copies = 2 if cfg.duplicate and rng.random() < cfg.duplicate else 1
@@ -354,7 +423,7 @@ class Network:
                 stats.lost += 1
                 continue
             arrival = self._arrival_time(src, dst, len(payload), depart_s, copy == 0)
-            engine.schedule_at(arrival, self._arrive, src, dst, payload, meta)
+            engine.schedule_unchecked(arrival, self._arrive, src, dst, payload, meta)
 
     def _arrival_time(self, src: int, dst: int, size: int, depart: float, first: bool) -> float:
         cfg, rng = self.config, self._rng

@@ -21,6 +21,7 @@ object) and calls ``on_restart`` as a work item; the disk survives.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
@@ -43,7 +44,7 @@ class Host:
     __slots__ = (
         "world", "engine", "node_id", "n_nodes", "process", "factory", "cpu", "rng", "disk",
         "costs", "up", "incarnation", "incarnation_end", "clock", "_busy", "_timers",
-        "_item", "crashes", "dropped",
+        "_item", "crashes", "dropped", "crash_times",
     )
 
     def __init__(self, world: World, node_id: int) -> None:
@@ -66,6 +67,7 @@ class Host:
         self._item: tuple | None = None
         self.crashes = 0
         self.dropped = 0
+        self.crash_times: list[float] = []  # scheduled crashes still to come, ascending
 
     def __str__(self) -> str:
         item = self._item
@@ -122,22 +124,23 @@ class Host:
         if not self._busy:
             self._need_handler("send")
         costs = self.costs
-        self.clock += costs.encode_s + costs.send_s + costs.encode_byte_s * len(payload)
-        self.world.network.send(
-            self.node_id, dest, payload, self.clock, (self.incarnation, self.clock)
-        )
+        self.clock += costs.encode_s + costs.encode_byte_s * len(payload)
+        self.clock = self.world.network.send_many(
+            self.node_id, (dest,), payload, self.clock, costs.send_s, self.incarnation)
 
     def broadcast(self, dests: Iterable[int], payload: bytes) -> None:
         if type(payload) is not bytes:
             raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
         self._need_handler("broadcast")
-        costs, network, me, n = self.costs, self.world.network, self.node_id, self.n_nodes
-        self.clock += costs.encode_s + costs.encode_byte_s * len(payload)
+        costs, n = self.costs, self.n_nodes
+        if not isinstance(dests, (list, tuple, range)):
+            dests = list(dests)
         for dest in dests:
             if not 0 <= dest < n:
                 raise ValueError(f"no node {dest!r} (nodes are 0-{n - 1})")
-            self.clock += costs.send_s
-            network.send(me, dest, payload, self.clock, (self.incarnation, self.clock))
+        self.clock += costs.encode_s + costs.encode_byte_s * len(payload)
+        self.clock = self.world.network.send_many(
+            self.node_id, dests, payload, self.clock, costs.send_s, self.incarnation)
 
     def set_timer(self, delay_s: float, timer_id: Hashable) -> None:
         if not delay_s >= 0:
@@ -255,8 +258,13 @@ class World:
         return self.hosts[node].up
 
     def crash(self, node: int) -> None:
-        """Crash ``node`` now (no-op when already down)."""
+        """Crash ``node`` now (no-op when already down). Work the node's CPU already ran
+        ahead of time is not undone: schedule crashes with :meth:`schedule_crash`."""
         host = self.hosts[node]
+        now = self.engine.now
+        while host.crash_times and host.crash_times[0] <= now:
+            host.crash_times.pop(0)
+        host.cpu.crash_at = host.crash_times[0] if host.crash_times else math.inf
         if not host.up:
             return
         self.engine.record("crash", node)
@@ -285,8 +293,16 @@ class World:
         host.cpu.submit((_RESTART,))
 
     def schedule_crash(self, node: int, at_s: float, restart_at_s: float | None = None) -> None:
-        """Crash ``node`` at ``at_s`` and restart it at ``restart_at_s`` (None: never)."""
+        """Crash ``node`` at ``at_s`` and restart it at ``restart_at_s`` (None: never).
+
+        Use this rather than calling :meth:`crash` from an event of your own: the node's
+        CPU must know the crash in advance so that it never runs ahead of time work
+        that the crash drops (see :mod:`sim.cpu`)."""
         self.engine.schedule_at(at_s, self.crash, node)
+        host = self.hosts[node]
+        host.crash_times.append(at_s)
+        host.crash_times.sort()
+        host.cpu.crash_at = host.crash_times[0]
         if restart_at_s is not None:
             if restart_at_s <= at_s:
                 raise ValueError("restart must come after the crash")
