@@ -16,8 +16,11 @@ Inputs:
 * :meth:`DhtNode.on_response` / :meth:`DhtNode.on_failure` -- the answer to, or failure
   of, an outbound request named by its ``request_id``. Unknown ids (late answers after a
   timeout) are ignored. An answer of the wrong type counts as a failure.
-* :meth:`DhtNode.tick` -- time passes: requests older than ``request_timeout`` fail,
-  due buckets start a refresh lookup, expired records are dropped.
+* :meth:`DhtNode.tick` -- time passes: lookup requests older than the stall timeout
+  stop holding up their lookup, requests older than ``request_timeout`` fail, due
+  buckets start a refresh lookup, expired records are dropped.
+  :meth:`DhtNode.next_wakeup` tells the driver when the next of these is due, so it
+  can sleep until then instead of polling.
 * Commands: :meth:`bootstrap`, :meth:`find_node`, :meth:`get_value`,
   :meth:`put_value` each start a query and return its id.
 
@@ -27,9 +30,20 @@ queries that finished; :meth:`advance` acknowledges them (etcd-raft's Ready/Adva
 
 Routing-table upkeep: a peer that answers is ``update``d; a full bucket asks for a PING
 of its least-recently seen contact, which this core sends itself and feeds back with
-``ping_result`` (Kademlia paper section 2.2); a peer whose request fails is removed
-(its bucket's replacement cache refills the slot). Bucket refresh is staggered by the
-routing table; :meth:`bootstrap` runs one lookup for the local key (paper section 2.3).
+``ping_result`` (Kademlia paper section 2.2). A peer whose request fails is charged in
+:class:`~node.dht.health.PeerHealth` (locked for an exponentially growing backoff:
+lookups skip it and our answers leave it out) and flagged stale in the table, which
+evicts it as soon as a replacement exists and otherwise keeps it (paper section 4.1).
+Bucket refresh is staggered by the routing table; :meth:`bootstrap` runs lookups for
+the local key (paper section 2.3) and, after the first, refreshes the buckets once.
+
+Slow peers: every lookup request also has a *stall* deadline from the node's RTT
+estimate (:meth:`~node.dht.health.PeerHealth.stall_timeout`, about two round trips).
+When it passes the lookup stops waiting for that peer and asks the next one (so up to
+alpha useful requests stay in flight even while dead or fabricated peers are being
+tried, the paper's "removed from consideration until and unless they do respond"),
+and other lookups avoid the peer while the request is open; a late answer is still
+used. Only ``request_timeout`` fails a request.
 FIND_NODE carries the *preimage* of the target (a PeerId, a record key, or random bytes
 for a refresh) because responders hash it (libp2p/specs kad-dht "Distance").
 
@@ -45,12 +59,14 @@ key is neither a multihash nor 2..50 bytes, and ``/meshnode-id/<PeerId>`` is 51 
 
 from __future__ import annotations
 
+import heapq
 import random
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from node.dht.handler import Handled, handle_request
+from node.dht.health import PeerHealth
 from node.dht.keys import kad_key
 from node.dht.lookup import ALPHA, Lookup, LookupStats, ValueLookup
 from node.dht.messages import Message, MessageType, PeerInfo, Record
@@ -66,15 +82,31 @@ class DhtConfig:
 
     k: int = K
     alpha: int = ALPHA
+    #: Hard limit: a request not answered by then fails and is charged to the peer.
     request_timeout: float = 10.0
+    #: Stall timeout of a lookup request before the first RTT sample (RFC 6298's
+    #: initial RTO), and its floor; see :class:`~node.dht.health.PeerHealth`.
+    stall_initial: float = 1.0
+    stall_floor: float = 0.2
+    #: First and longest backoff lock of a peer whose request failed, seconds.
+    failure_backoff: float = 30.0
+    failure_backoff_max: float = 1800.0
+    #: Peers whose failures are remembered (a liar can name any number of PeerIds).
+    health_capacity: int = 4096
     refresh_interval: float = 600.0
     max_records: int = 10_000
     record_max_age: float = 36 * 3600.0
     bootstrap_rounds: int = 2
-    #: After a bootstrap that found peers, refresh every bucket up to the deepest
-    #: non-empty one + 1 (at most MAX_REFRESH_CPL) once, as go-libp2p-kad-dht's refresh
-    #: manager does at start-up. "Closest" is not symmetric in Kademlia: without this,
-    #: a newcomer's true neighbours may never learn of it (measured in the simulator).
+    #: Disjoint lookup paths (S/Kademlia; see :mod:`node.dht.lookup`), 1 = plain.
+    #: Two paths ask about twice as many peers near the target, which is what lets a
+    #: node meet its k closest honest peers when liars crowd its neighbourhood (measured
+    #: in the simulator's discovery workload).
+    disjoint_paths: int = 2
+    #: After the first bootstrap round found peers, refresh once every bucket farther
+    #: away than the closest neighbour (Kademlia paper section 2.3; at most up to
+    #: MAX_REFRESH_CPL), while the second round runs. "Closest" is not symmetric in
+    #: Kademlia: without this, a newcomer's true neighbours may never learn of it
+    #: (measured in the simulator).
     refresh_on_join: bool = True
 
 
@@ -124,6 +156,7 @@ class _Query:
     put_pending: set[bytes] | None = None  # put phase 2: peers not yet answered
     stored: int = 0
     rounds_left: int = 0  # further self-lookups of a bootstrap
+    forced: frozenset[bytes] = frozenset()  # seeds asked even when locked
 
 
 @dataclass(slots=True)
@@ -131,7 +164,10 @@ class _Pending:
     peer: PeerInfo
     query_id: int | None  # None: liveness ping or entry correction
     expected: MessageType
+    sent_at: float
     deadline: float
+    stall_at: float | None = None  # lookup requests only
+    stalled: bool = False
 
 
 class DhtNode:
@@ -149,10 +185,15 @@ class DhtNode:
     ) -> None:
         self.config = config or DhtConfig()
         self.local = local
+        cfg = self.config
         self.table = RoutingTable(
-            local.peer_id, rng=rng, now=now, k=self.config.k,
-            refresh_interval=self.config.refresh_interval,
-            ping_timeout=self.config.request_timeout,
+            local.peer_id, rng=rng, now=now, k=cfg.k,
+            refresh_interval=cfg.refresh_interval, ping_timeout=cfg.request_timeout,
+        )
+        self.health = PeerHealth(
+            backoff=cfg.failure_backoff, backoff_max=cfg.failure_backoff_max,
+            capacity=cfg.health_capacity, initial=cfg.stall_initial,
+            floor=min(cfg.stall_floor, cfg.request_timeout), ceiling=cfg.request_timeout,
         )
         self.store = RecordStore(
             validator, max_records=self.config.max_records, max_age=self.config.record_max_age
@@ -161,6 +202,9 @@ class DhtNode:
         self.counters: Counter[str] = Counter()
         self._queries: dict[int, _Query] = {}
         self._pending: dict[int, _Pending] = {}
+        self._deadlines: list[tuple[float, int]] = []  # heap of (time, request id)
+        self._stalled: Counter[bytes] = Counter()  # peer -> open stalled requests
+        self._now = now
         self._ready = Ready()
         self._next_id = 1
         self._refreshing: set[int] = set()
@@ -173,27 +217,32 @@ class DhtNode:
         """Join through ``peers`` (e.g. bootstrap multiaddrs, mDNS finds): a lookup for
         the local key seeded with them and the table's closest, repeated
         ``config.bootstrap_rounds`` times (the second round lets peers that joined
-        together find each other). Returns the query id; its result is the last
-        round's. Call it again (with backoff) when the result is empty."""
+        together find each other); the bucket refresh of ``config.refresh_on_join``
+        starts as soon as the first round found peers. ``peers`` are asked even while
+        in backoff (the caller chose them). Returns the query id; its result is the
+        last round's. Call it again (with backoff) when the result is empty."""
+        self._now = now
         seeds = [p for p in peers if p.peer_id != self.local.peer_id]
-        qid = self._start("find_node", self.local.peer_id, now, extra_seeds=seeds,
-                          rounds=self.config.bootstrap_rounds)
-        self._bootstraps.add(qid)
-        return qid
+        return self._start("find_node", self.local.peer_id, now, extra_seeds=seeds,
+                           rounds=self.config.bootstrap_rounds, bootstrap=True,
+                           forced=frozenset(p.peer_id for p in seeds))
 
     def find_node(self, peer_id: bytes, *, now: float) -> int:
         """Look up the ``k`` peers closest to ``sha256(peer_id)`` (a binary PeerId; other
         implementations may refuse FIND_NODE keys that are not multihashes)."""
+        self._now = now
         return self._start("find_node", bytes(peer_id), now)
 
     def get_value(self, key: bytes, *, now: float, quorum: int = 1) -> int:
         """Find the best valid value for record ``key`` (local store first)."""
+        self._now = now
         stored = self.store.get(key, now=now)
         qid = self._new_id()
         seeds = self._seeds(kad_key(key))
         lookup = ValueLookup(key, seeds, validator=self.validator, quorum=quorum,
                              k=self.config.k, alpha=self.config.alpha,
-                             local_peer_id=self.local.peer_id)
+                             local_peer_id=self.local.peer_id, avoid=self._avoid,
+                             paths=self.config.disjoint_paths)
         query = _Query(qid, "get_value", lookup, wire_key=key, key=key)
         self._queries[qid] = query
         if stored is not None:
@@ -205,6 +254,7 @@ class DhtNode:
         """Validate and store ``value`` locally, then on the ``k`` closest peers.
         Raises RecordInvalid when the local validator refuses it or the local store
         already holds a better value for ``key`` (publishing it would be a regression)."""
+        self._now = now
         if not self.store.put(key, value, now=now):
             raise RecordInvalid("the local store holds a better value for this key")
         return self._start("put_value", key, now, key=key, value=value)
@@ -214,34 +264,41 @@ class DhtNode:
     def on_request(
         self, sender: PeerInfo, msg: Message, *, now: float, sender_is_server: bool = True
     ) -> Handled:
-        """Answer an inbound request (never raises on remote input)."""
+        """Answer an inbound request (never raises on remote input). Locked peers
+        (:class:`~node.dht.health.PeerHealth`) are left out of ``closerPeers``."""
+        self._now = now
         self.counters[f"in_{msg.type.name.lower()}"] += 1
         if sender_is_server:
             self._seen(sender, now)
         handled = handle_request(msg, requester=sender.peer_id, table=self.table,
-                                 store=self.store, local=self.local, now=now)
+                                 store=self.store, local=self.local, now=now,
+                                 skip=self._locked)
         if handled.rejected is not None:
             self.counters["rejected"] += 1
         return handled
 
     def on_response(self, request_id: int, msg: Message, *, now: float) -> None:
         """The answer to request ``request_id`` arrived (decoded)."""
+        self._now = now
         pending = self._pending.pop(request_id, None)
         if pending is None:
             self.counters["late_or_unknown_response"] += 1
             return
+        self._unstall(pending)
         if msg.type is not pending.expected:
             self.counters["wrong_response_type"] += 1
             self._fail(pending, now)
             return
+        peer_id = pending.peer.peer_id
+        self.health.answered(peer_id, rtt=now - pending.sent_at)
         self._seen(pending.peer, now)
+        self.table.record_answer(peer_id)
         if pending.expected is MessageType.PING and pending.query_id is None:
-            self.table.ping_result(pending.peer.peer_id, True, now=now)
+            self.table.ping_result(peer_id, True, now=now)
             return
         query = self._queries.get(pending.query_id) if pending.query_id is not None else None
         if query is None:
             return
-        peer_id = pending.peer.peer_id
         if query.put_pending is not None:
             if pending.expected is MessageType.PUT_VALUE and peer_id in query.put_pending:
                 query.put_pending.discard(peer_id)
@@ -252,19 +309,33 @@ class DhtNode:
             query.lookup.on_response(peer_id, msg.closer_peers)
         self._pump(query, now)
 
-    def on_failure(self, request_id: int, *, now: float) -> None:
-        """Request ``request_id`` failed (dial error, stream reset, malformed answer)."""
+    def on_failure(self, request_id: int, *, now: float, reason: str = "failed") -> None:
+        """Request ``request_id`` failed (dial error, stream reset, malformed answer);
+        ``reason`` names it in :attr:`counters` (``fail_<reason>``)."""
+        self._now = now
         pending = self._pending.pop(request_id, None)
         if pending is not None:
+            self.counters[f"fail_{reason}"] += 1
+            self._unstall(pending)
             self._fail(pending, now)
 
     def tick(self, now: float) -> None:
-        """Time advanced to ``now``: time out requests, start due bucket refreshes,
-        expire records."""
-        expired = sorted(rid for rid, p in self._pending.items() if p.deadline <= now)
-        for rid in expired:
-            self.counters["timeouts"] += 1
-            self._fail(self._pending.pop(rid), now)
+        """Time advanced to ``now``: stall slow lookup requests, time out requests,
+        start due bucket refreshes, expire records."""
+        self._now = now
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            _, rid = heapq.heappop(heap)
+            pending = self._pending.get(rid)
+            if pending is None:
+                continue
+            if pending.deadline <= now:
+                del self._pending[rid]
+                self.counters["timeouts"] += 1
+                self._unstall(pending)
+                self._fail(pending, now)
+            elif not pending.stalled and pending.stall_at is not None:
+                self._stall(pending)
         for index in self.table.due_refreshes(now):
             self.table.mark_refreshed(index, now=now)
             if index not in self._refreshing:
@@ -276,6 +347,20 @@ class DhtNode:
             self._next_expiry = now + 60.0
 
     # -- outputs ---------------------------------------------------------------------
+
+    def next_wakeup(self) -> float:
+        """The earliest time (seconds, the driver's clock) at which :meth:`tick` has
+        work: a stall or hard deadline, a bucket refresh or the record expiry scan.
+        Calling :meth:`tick` earlier is harmless; later only delays those."""
+        heap = self._deadlines
+        while heap:
+            at, rid = heap[0]
+            pending = self._pending.get(rid)
+            if pending is not None and (at >= pending.deadline or not pending.stalled):
+                break
+            heapq.heappop(heap)  # answered, or a stall deadline already handled
+        due = min(self.table.next_refresh_due(), self._next_expiry)
+        return min(heap[0][0], due) if heap else due
 
     def ready(self) -> Ready:
         """Effects not yet acknowledged (a copy)."""
@@ -301,28 +386,73 @@ class DhtNode:
         self._next_id += 1
         return rid
 
+    def _locked(self, peer_id: bytes) -> bool:
+        return self.health.locked(peer_id, self._now)
+
+    def _avoid(self, peer_id: bytes) -> bool:
+        """Not to be asked by a lookup now: in backoff, or a request to it is stalled."""
+        return self._stalled[peer_id] > 0 or self.health.locked(peer_id, self._now)
+
     def _seeds(self, target: bytes) -> list[PeerInfo]:
-        return [PeerInfo(c.peer_id, c.addrs) for c in self.table.closest(target, self.config.k)]
+        contacts = self.table.closest(target, self.config.k, exclude=self._stalled,
+                                      skip_stale=self._locked)
+        return [PeerInfo(c.peer_id, c.addrs) for c in contacts]
+
+    def _lookup(self, target: bytes, seeds: Iterable[PeerInfo],
+                forced: frozenset[bytes]) -> Lookup:
+        avoid = self._avoid
+        if forced:
+            def avoid(peer_id: bytes) -> bool:
+                return peer_id not in forced and self._avoid(peer_id)
+        return Lookup(target, seeds, k=self.config.k, alpha=self.config.alpha,
+                      local_peer_id=self.local.peer_id, avoid=avoid,
+                      paths=self.config.disjoint_paths)
 
     def _start(self, kind: str, wire_key: bytes, now: float, *,
                extra_seeds: Iterable[PeerInfo] = (), key: bytes = b"", value: bytes = b"",
-               refresh_bucket: int | None = None, rounds: int = 1) -> int:
+               refresh_bucket: int | None = None, rounds: int = 1,
+               bootstrap: bool = False, forced: frozenset[bytes] = frozenset()) -> int:
         qid = self._new_id()
         target = kad_key(wire_key)
-        lookup = Lookup(target, [*extra_seeds, *self._seeds(target)], k=self.config.k,
-                        alpha=self.config.alpha, local_peer_id=self.local.peer_id)
+        lookup = self._lookup(target, [*extra_seeds, *self._seeds(target)], forced)
         query = _Query(qid, kind, lookup, wire_key, key=key, value=value,
-                       refresh_bucket=refresh_bucket, rounds_left=max(rounds, 1) - 1)
+                       refresh_bucket=refresh_bucket, rounds_left=max(rounds, 1) - 1,
+                       forced=forced)
         self._queries[qid] = query
+        if bootstrap:
+            self._bootstraps.add(qid)
         self._pump(query, now)
         return qid
 
-    def _send(self, peer: PeerInfo, msg: Message, query_id: int | None, now: float) -> None:
+    def _send(self, peer: PeerInfo, msg: Message, query_id: int | None, now: float,
+              *, stall: bool = False) -> None:
         rid = self._new_id()
-        deadline = now + self.config.request_timeout
-        self._pending[rid] = _Pending(peer, query_id, msg.type, deadline)
+        pending = _Pending(peer, query_id, msg.type, now, now + self.config.request_timeout)
+        if stall:
+            pending.stall_at = now + self.health.stall_timeout()
+            heapq.heappush(self._deadlines, (pending.stall_at, rid))
+        heapq.heappush(self._deadlines, (pending.deadline, rid))
+        self._pending[rid] = pending
         self._ready.requests.append(OutboundRequest(rid, peer, msg))
         self.counters[f"out_{msg.type.name.lower()}"] += 1
+
+    def _stall(self, pending: _Pending) -> None:
+        query = self._queries.get(pending.query_id) if pending.query_id is not None else None
+        if query is None or query.put_pending is not None:
+            return  # the lookup is over: nothing waits for this request
+        pending.stalled = True
+        self._stalled[pending.peer.peer_id] += 1
+        self.counters["stalls"] += 1
+        query.lookup.on_stall(pending.peer.peer_id)
+        self._pump(query, self._now)
+
+    def _unstall(self, pending: _Pending) -> None:
+        if pending.stalled:
+            pending.stalled = False
+            peer_id = pending.peer.peer_id
+            self._stalled[peer_id] -= 1
+            if self._stalled[peer_id] <= 0:
+                del self._stalled[peer_id]
 
     def _request_for(self, query: _Query) -> Message:
         kind = MessageType.FIND_NODE if query.kind == "find_node" else MessageType.GET_VALUE
@@ -334,7 +464,7 @@ class DhtNode:
                 self._finish(query, now)
             return
         for peer in query.lookup.next_queries():
-            self._send(peer, self._request_for(query), query.query_id, now)
+            self._send(peer, self._request_for(query), query.query_id, now, stall=True)
         if query.lookup.finished:
             if query.kind == "put_value":
                 self._start_put_phase(query, now)
@@ -346,13 +476,16 @@ class DhtNode:
     def _next_round(self, query: _Query, now: float) -> None:
         # Another self-lookup, seeded with what the last round found plus the table
         # (which the last round and inbound requests filled): peers that joined at the
-        # same time now know each other.
+        # same time now know each other. The buckets are refreshed meanwhile.
         query.rounds_left -= 1
         previous = query.lookup
-        query.lookup = Lookup(
+        if query.query_id in self._bootstraps and previous.closest():
+            self._bootstraps.discard(query.query_id)
+            if self.config.refresh_on_join:
+                self._refresh_all(now)
+        query.lookup = self._lookup(
             previous.target_key, [*previous.closest(), *self._seeds(previous.target_key)],
-            k=self.config.k, alpha=self.config.alpha, local_peer_id=self.local.peer_id,
-        )
+            query.forced)
         self._pump(query, now)
 
     def _start_put_phase(self, query: _Query, now: float) -> None:
@@ -390,11 +523,15 @@ class DhtNode:
                 self._refresh_all(now)
 
     def _refresh_all(self, now: float) -> None:
-        """Refresh every bucket up to the deepest non-empty one + 1 once (see
-        ``DhtConfig.refresh_on_join``); the staggered periodic refresh continues after."""
-        deepest = max((b for b in range(MAX_REFRESH_CPL + 1) if self.table.bucket(b)),
-                      default=-1)
-        for index in range(min(deepest + 1, MAX_REFRESH_CPL) + 1):
+        """Refresh once every bucket farther away than the closest neighbour (paper
+        section 2.3; the self-lookup just covered the deeper ones), at most up to
+        MAX_REFRESH_CPL (see ``DhtConfig.refresh_on_join``); the staggered periodic
+        refresh continues after."""
+        nearest = self.table.closest(self.table.local_key, 1)
+        if not nearest:
+            return
+        closest_cpl = self.table.bucket_index(nearest[0].key)
+        for index in range(min(closest_cpl, MAX_REFRESH_CPL + 1)):
             if index in self._refreshing:
                 continue
             self._refreshing.add(index)
@@ -418,7 +555,8 @@ class DhtNode:
                 self.counters["local_store_refused"] += 1
 
     def _seen(self, peer: PeerInfo, now: float) -> None:
-        result = self.table.update(peer.peer_id, peer.addrs, now=now)
+        result = self.table.update(peer.peer_id, peer.addrs, now=now,
+                                   failures=self.health.failures(peer.peer_id))
         if result.ping is not None:
             contact = self.table.get(result.ping)
             addrs = contact.addrs if contact is not None else ()
@@ -427,10 +565,11 @@ class DhtNode:
     def _fail(self, pending: _Pending, now: float) -> None:
         self.counters["failures"] += 1
         peer_id = pending.peer.peer_id
+        self.health.failed(peer_id, now=now)
         if pending.expected is MessageType.PING and pending.query_id is None:
             self.table.ping_result(peer_id, False, now=now)
             return
-        self.table.remove(peer_id)
+        self.table.record_failure(peer_id)
         query = self._queries.get(pending.query_id) if pending.query_id is not None else None
         if query is None:
             return
@@ -440,4 +579,3 @@ class DhtNode:
         else:
             query.lookup.on_failure(peer_id)
         self._pump(query, now)
-

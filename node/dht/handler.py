@@ -23,6 +23,7 @@ see :class:`node.dht.record_store.RecordStore`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from node.dht.keys import kad_key
@@ -47,13 +48,15 @@ def _peer(contact: Contact) -> PeerInfo:
     return PeerInfo(contact.peer_id, contact.addrs)
 
 
-def _closer(table: RoutingTable, key: bytes, requester: bytes) -> tuple[PeerInfo, ...]:
-    contacts = table.closest(kad_key(key), table.k, exclude=(requester,))
+def _closer(table: RoutingTable, key: bytes, requester: bytes,
+            skip: Callable[[bytes], bool] | None) -> tuple[PeerInfo, ...]:
+    contacts = table.closest(kad_key(key), table.k, exclude=(requester,), skip_stale=skip)
     return tuple(_peer(c) for c in contacts)
 
 
-def _find_node(msg: Message, table: RoutingTable, local: PeerInfo, requester: bytes) -> Message:
-    peers = _closer(table, msg.key, requester)
+def _find_node(msg: Message, table: RoutingTable, local: PeerInfo, requester: bytes,
+               skip: Callable[[bytes], bool] | None) -> Message:
+    peers = _closer(table, msg.key, requester, skip)
     if msg.key != requester and all(p.peer_id != msg.key for p in peers):
         if msg.key == local.peer_id:
             peers = (local, *peers)
@@ -83,16 +86,19 @@ def handle_request(
     store: RecordStore,
     local: PeerInfo,
     now: float,
+    skip: Callable[[bytes], bool] | None = None,
 ) -> Handled:
     """Answer ``msg`` from ``requester`` (binary PeerId), using the routing ``table``
     and record ``store``; ``local`` is this node's own PeerInfo (PeerId and listen
-    multiaddrs), ``now`` seconds on the store's clock. Does not update the routing
-    table: the driver records the requester (if it is a DHT server) itself."""
+    multiaddrs), ``now`` seconds on the store's clock; stale contacts (requests to them
+    failed) for which ``skip(peer_id)`` is true (e.g. in failure backoff) are not
+    listed in ``closerPeers``. Does not update the routing table: the driver records the
+    requester (if it is a DHT server) itself."""
     kind = msg.type
     if kind is MessageType.FIND_NODE:
         if not msg.key:
             return Handled(None, "find_node without key")
-        return Handled(_find_node(msg, table, local, requester))
+        return Handled(_find_node(msg, table, local, requester, skip))
     if kind is MessageType.GET_VALUE:
         if not msg.key:
             return Handled(None, "get_value without key")
@@ -102,7 +108,7 @@ def handle_request(
                 MessageType.GET_VALUE,
                 key=msg.key,
                 record=None if stored is None else stored.to_record(msg.key),
-                closer_peers=_closer(table, msg.key, requester),
+                closer_peers=_closer(table, msg.key, requester, skip),
             )
         )
     if kind is MessageType.PUT_VALUE:
@@ -116,7 +122,7 @@ def handle_request(
             Message(
                 MessageType.GET_PROVIDERS,
                 key=msg.key,
-                closer_peers=_closer(table, msg.key, requester),
+                closer_peers=_closer(table, msg.key, requester, skip),
             )
         )
     return Handled(None, "add_provider is not supported")

@@ -5,17 +5,28 @@ Theory of operation
 Kademlia paper section 2.3 and libp2p/specs kad-dht/README.md "Peer routing": a lookup
 for a 32-byte ``target_key`` keeps every peer it has heard of, sorted by XOR distance
 to the target, each in one state: CANDIDATE (not yet asked), WAITING (request in
-flight), SUCCEEDED (answered) or FAILED (error or timeout; never asked again).
+flight), STALLED (in flight but slow), SUCCEEDED (answered) or FAILED (error or
+timeout; never asked again).
 
 * The driver calls :meth:`Lookup.next_queries` to get the peers to ask now: unasked
-  peers among the ``k`` closest non-failed ones, nearest first, while fewer than
+  peers among the ``k`` closest live ones, nearest first, while fewer than
   ``alpha`` requests are in flight. It sends FIND_NODE (or GET_VALUE) to each.
+  A peer is *live* unless it FAILED, STALLED, or is an unasked candidate the
+  ``avoid`` predicate names (the driver's per-peer backoff: a peer that failed recently
+  elsewhere is not asked again soon, Kademlia paper section 4.1).
+* :meth:`Lookup.on_stall` (the driver's short, RTT-based timer) marks a request that
+  has not been answered "quickly": the paper's "nodes that fail to respond quickly are
+  removed from consideration until and unless they do respond". A stalled peer stops
+  counting against ``alpha`` (so the lookup asks the next peer instead of waiting) and
+  among the ``k`` closest, but its late answer is still used (it becomes SUCCEEDED) until
+  the request's hard timeout fails it (:meth:`Lookup.on_failure`).
 * :meth:`Lookup.on_response` feeds a peer's ``closerPeers``: new peers become
   candidates (the local peer, empty or over-long PeerIds and peers beyond
   ``max_peers_per_response`` are ignored).
   :meth:`Lookup.on_failure` marks an error or timeout (timeouts are the driver's
-  clock, so this class never reads time). Answers from peers not in flight are ignored.
-* It is :attr:`Lookup.finished` when the ``k`` closest non-failed peers it has seen
+  clock, so this class never reads time). Answers from peers not in flight (WAITING or
+  STALLED) are ignored.
+* It is :attr:`Lookup.finished` when the ``k`` closest live peers it has seen
   have all answered (the paper's and the spec's termination rule), which includes the
   case of fewer than ``k`` reachable peers, or when :meth:`Lookup.cancel` was called.
   :meth:`Lookup.closest` then gives the ``k`` closest peers that answered.
@@ -25,6 +36,17 @@ values are checked with a validator (:class:`node.dht.record_store.Validator`), 
 is kept with ``select``, peers that returned worse values are collected for entry
 correction, and the lookup finishes early once ``quorum`` valid values arrived.
 
+Disjoint paths (S/Kademlia, Baumgart and Mies 2007, section 4.4): with ``paths = d > 1``
+the seeds, nearest first, are dealt round-robin to ``d`` independent lookups ("paths").
+A path knows only its seeds and the peers named in answers to its own requests, and
+"each node is only used once": a peer asked by one path is left out of every other
+path. Each path runs the rules above on the peers it knows (its own ``alpha`` requests,
+its own ``k`` closest) and the lookup is finished when every path is;
+:meth:`Lookup.closest` is the ``k`` closest that answered on any path. A liar can
+capture only the paths that reach it, and the union of the paths asks about ``d * k``
+peers near the target rather than ``k``, so peers that answer but give nothing useful
+(liars) do not crowd honest neighbours out of the result.
+
 Hop counting (for benchmarks): seeds are hop 0; a peer first learnt from a hop-h peer
 is hop h + 1 (the minimum over all reports).
 """
@@ -32,7 +54,7 @@ is hop h + 1 (the minimum over all reports).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -55,6 +77,7 @@ class PeerState(Enum):
 
     CANDIDATE = "candidate"
     WAITING = "waiting"
+    STALLED = "stalled"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
 
@@ -65,24 +88,35 @@ class _Entry:
     distance: int
     state: PeerState
     hop: int
+    known_by: int = 1  # bit p: path p knows this peer
+    path: int = -1  # the path that asked it (-1: not asked yet)
+    avoided: bool = False  # the driver's avoid() said so (checked when seen and asked)
 
 
 @dataclass(frozen=True, slots=True)
 class LookupStats:
-    """Counters of one lookup: requests sent, answered and failed; ``hops`` is the
-    largest hop number among the final closest peers (0 when they were all seeds)."""
+    """Counters of one lookup: requests sent, answered and failed, requests that
+    stalled (``stalls``, whether or not they were answered later) and candidates skipped
+    by ``avoid`` at the end (``avoided``); ``hops`` is the largest hop number among the
+    final closest peers (0 when they were all seeds)."""
 
     queries: int
     responses: int
     failures: int
     hops: int
+    stalls: int = 0
+    avoided: int = 0
 
 
 class Lookup:
     """Iterative node lookup for a 32-byte ``target_key`` (see the module docstring).
 
     ``seeds``: initial peers (usually the routing table's closest); ``local_peer_id``
-    is never queried. Raises ValueError for a bad key length, ``k < 1`` or ``alpha < 1``.
+    is never queried; ``avoid(peer_id) -> bool`` names candidates not to ask (checked
+    when a peer is first seen and again before it is asked; once avoided, a peer stays
+    out of this lookup);
+    ``paths``: number of disjoint paths (1: the plain Kademlia lookup).
+    Raises ValueError for a bad key length, ``k < 1``, ``alpha < 1`` or ``paths < 1``.
     """
 
     def __init__(
@@ -94,9 +128,11 @@ class Lookup:
         alpha: int = ALPHA,
         local_peer_id: bytes | None = None,
         max_peers_per_response: int | None = None,
+        avoid: Callable[[bytes], bool] | None = None,
+        paths: int = 1,
     ) -> None:
-        if k < 1 or alpha < 1:
-            raise ValueError("k and alpha must be at least 1")
+        if k < 1 or alpha < 1 or paths < 1:
+            raise ValueError("k, alpha and paths must be at least 1")
         self.target_key = bytes(target_key)
         self._target = key_to_int(self.target_key)
         self.k = k
@@ -106,12 +142,19 @@ class Lookup:
             max_peers_per_response
         )
         self._entries: dict[bytes, _Entry] = {}
-        self._order: list[tuple[int, bytes]] = []  # (distance, peer_id), sorted
-        self._in_flight = 0
-        self._queries = self._responses = self._failures = 0
+        self._sorted: list[_Entry] = []  # by distance to the target
+        self._distances: list[int] = []  # parallel to _sorted, for bisect
+        self._avoid = avoid
+        self.paths = paths
+        self._in_flight = [0] * paths  # per path
+        self._queries = self._responses = self._failures = self._stalls = 0
         self._cancelled = False
+        self._finished: bool | None = None  # cached until the next change
         for seed in seeds:
-            self._add(seed, hop=0)
+            self._add(seed, hop=0, path=0)
+        if paths > 1:  # deal the seeds round-robin, nearest first
+            for rank, entry in enumerate(self._sorted):
+                entry.known_by = 1 << (rank % paths)
 
     # -- driver inputs ---------------------------------------------------------------
 
@@ -121,14 +164,27 @@ class Lookup:
         if self._cancelled:
             return []
         chosen: list[PeerInfo] = []
-        for entry in self._k_closest_live():
-            if self._in_flight >= self.alpha:
-                break
-            if entry.state is PeerState.CANDIDATE:
-                entry.state = PeerState.WAITING
-                self._in_flight += 1
-                self._queries += 1
-                chosen.append(entry.info)
+        in_flight, alpha, avoid = self._in_flight, self.alpha, self._avoid
+        done = True
+        for path in range(self.paths):
+            rescan = True
+            while rescan:
+                rescan = False
+                live = self._k_closest_live(path)
+                for entry in live:
+                    if entry.state is not PeerState.CANDIDATE or in_flight[path] >= alpha:
+                        continue
+                    if avoid is not None and avoid(entry.info.peer_id):
+                        entry.avoided = True  # locked or stalled since it was added
+                        rescan = True
+                        break
+                    entry.state = PeerState.WAITING
+                    entry.path = path
+                    in_flight[path] += 1
+                    self._queries += 1
+                    chosen.append(entry.info)
+            done = done and all(e.state is PeerState.SUCCEEDED for e in live)
+        self._finished = done
         return chosen
 
     def on_response(self, peer_id: bytes, closer_peers: Sequence[PeerInfo]) -> None:
@@ -139,7 +195,7 @@ class Lookup:
         entry.state = PeerState.SUCCEEDED
         self._responses += 1
         for info in closer_peers[: self.max_peers_per_response]:
-            self._add(info, hop=entry.hop + 1)
+            self._add(info, hop=entry.hop + 1, path=entry.path)
 
     def on_failure(self, peer_id: bytes) -> None:
         """The request to ``peer_id`` failed or timed out. Ignored unless in flight."""
@@ -149,6 +205,17 @@ class Lookup:
         entry.state = PeerState.FAILED
         self._failures += 1
 
+    def on_stall(self, peer_id: bytes) -> None:
+        """The request to ``peer_id`` is slow (the driver's stall timer): stop waiting
+        for it (see the module docstring). Ignored unless WAITING."""
+        entry = self._entries.get(peer_id)
+        if entry is None or entry.state is not PeerState.WAITING:
+            return
+        entry.state = PeerState.STALLED
+        self._in_flight[entry.path] -= 1
+        self._stalls += 1
+        self._finished = None
+
     def cancel(self) -> None:
         """Stop the lookup: no more queries; :attr:`finished` becomes True."""
         self._cancelled = True
@@ -157,19 +224,26 @@ class Lookup:
 
     @property
     def finished(self) -> bool:
-        """True when the k closest non-failed peers seen have all answered, or cancelled."""
+        """True when the k closest live peers seen have all answered (on every path),
+        or cancelled."""
         if self._cancelled:
             return True
-        return all(e.state is PeerState.SUCCEEDED for e in self._k_closest_live())
+        if self._finished is None:
+            self._finished = all(e.state is PeerState.SUCCEEDED
+                                 for path in range(self.paths)
+                                 for e in self._k_closest_live(path))
+        return self._finished
 
     @property
     def in_flight(self) -> int:
-        """Requests sent and not yet answered or failed."""
-        return self._in_flight
+        """Requests sent and not yet answered, failed or stalled (all paths)."""
+        return sum(self._in_flight)
 
     def waiting(self) -> list[bytes]:
-        """PeerIds with a request in flight (the driver times these out), nearest first."""
-        return [pid for _, pid in self._order if self._entries[pid].state is PeerState.WAITING]
+        """PeerIds with a request in flight, stalled ones included (the driver times
+        these out), nearest first."""
+        return [e.info.peer_id for e in self._sorted
+                if e.state in (PeerState.WAITING, PeerState.STALLED)]
 
     def state_of(self, peer_id: bytes) -> PeerState | None:
         """The state of ``peer_id`` in this lookup, or None if never seen."""
@@ -179,8 +253,7 @@ class Lookup:
     def closest(self) -> list[PeerInfo]:
         """Up to ``k`` peers that answered, nearest to the target first."""
         out = []
-        for _, pid in self._order:
-            entry = self._entries[pid]
+        for entry in self._sorted:
             if entry.state is PeerState.SUCCEEDED:
                 out.append(entry.info)
                 if len(out) == self.k:
@@ -190,37 +263,57 @@ class Lookup:
     def stats(self) -> LookupStats:
         """Counters so far (see :class:`LookupStats`)."""
         hops = [self._entries[p.peer_id].hop for p in self.closest()]
-        return LookupStats(self._queries, self._responses, self._failures, max(hops, default=0))
+        avoided = sum(1 for e in self._sorted if e.state is PeerState.CANDIDATE and e.avoided)
+        return LookupStats(self._queries, self._responses, self._failures,
+                           max(hops, default=0), self._stalls, avoided)
 
     # -- internals -------------------------------------------------------------------
 
-    def _add(self, info: PeerInfo, *, hop: int) -> None:
+    def _add(self, info: PeerInfo, *, hop: int, path: int) -> None:
         pid = info.peer_id
         if pid == self.local_peer_id or not 0 < len(pid) <= MAX_PEER_ID_BYTES:
             return
         known = self._entries.get(pid)
         if known is not None:
             known.hop = min(known.hop, hop)
+            if not known.known_by >> path & 1:
+                known.known_by |= 1 << path
+                self._finished = None
             return
         distance = key_to_int(kad_key(pid)) ^ self._target
-        self._entries[pid] = _Entry(info, distance, PeerState.CANDIDATE, hop)
-        bisect.insort(self._order, (distance, pid))
+        avoided = self._avoid is not None and self._avoid(pid)
+        entry = _Entry(info, distance, PeerState.CANDIDATE, hop, 1 << path, -1, avoided)
+        self._entries[pid] = entry
+        at = bisect.bisect(self._distances, distance)
+        self._distances.insert(at, distance)
+        self._sorted.insert(at, entry)
+        self._finished = None
 
-    def _k_closest_live(self) -> list[_Entry]:
+    def _k_closest_live(self, path: int = 0) -> list[_Entry]:
         out: list[_Entry] = []
-        for _, pid in self._order:
-            entry = self._entries[pid]
-            if entry.state is not PeerState.FAILED:
+        k, every = self.k, self.paths == 1
+        candidate, waiting, succeeded = (
+            PeerState.CANDIDATE, PeerState.WAITING, PeerState.SUCCEEDED)
+        for entry in self._sorted:
+            if not every and (not entry.known_by >> path & 1 or entry.path not in (-1, path)):
+                continue
+            state = entry.state
+            if (state is candidate and not entry.avoided) or state is waiting or (
+                    state is succeeded):
                 out.append(entry)
-                if len(out) == self.k:
+                if len(out) == k:
                     break
         return out
 
     def _take_in_flight(self, peer_id: bytes) -> _Entry | None:
         entry = self._entries.get(peer_id)
-        if entry is None or entry.state is not PeerState.WAITING:
+        if entry is None:
             return None
-        self._in_flight -= 1
+        if entry.state is PeerState.WAITING:
+            self._in_flight[entry.path] -= 1
+        elif entry.state is not PeerState.STALLED:
+            return None
+        self._finished = None
         return entry
 
 
@@ -244,9 +337,12 @@ class ValueLookup(Lookup):
         alpha: int = ALPHA,
         local_peer_id: bytes | None = None,
         max_peers_per_response: int | None = None,
+        avoid: Callable[[bytes], bool] | None = None,
+        paths: int = 1,
     ) -> None:
         super().__init__(kad_key(key), seeds, k=k, alpha=alpha, local_peer_id=local_peer_id,
-                         max_peers_per_response=max_peers_per_response)
+                         max_peers_per_response=max_peers_per_response, avoid=avoid,
+                         paths=paths)
         if quorum < 1:
             raise ValueError("quorum must be at least 1")
         self.key = bytes(key)
@@ -275,7 +371,7 @@ class ValueLookup(Lookup):
         self, peer_id: bytes, closer_peers: Sequence[PeerInfo], record: Record | None
     ) -> None:
         """``peer_id`` answered GET_VALUE with ``record`` (or None) and closer peers."""
-        if self.state_of(peer_id) is not PeerState.WAITING:
+        if self.state_of(peer_id) not in (PeerState.WAITING, PeerState.STALLED):
             return
         self.on_response(peer_id, closer_peers)
         if record is None or record.key != self.key:

@@ -6,7 +6,9 @@ A seeded discrete-event loop, the smallest honest version of what ``sim/`` does:
 request and response is encoded with :mod:`node.dht.wire` and decoded at the receiver,
 each hop takes ``latency`` virtual seconds, dead peers never answer (their requests
 time out through :meth:`DhtNode.tick`), and a refused request (the handler returned no
-response) fails at once, as a stream reset would. Events at the same instant run in
+response) fails at once, as a stream reset would. A node is ticked when its
+:meth:`DhtNode.next_wakeup` is due (as the real shell does), and every node at least
+every ``tick_every`` seconds. Events at the same instant run in
 the order they were scheduled, so a run is a pure function of its inputs and seed.
 It is not the simulator: there is no loss, CPU model or adversary here.
 """
@@ -59,6 +61,7 @@ class MemNet:
         self._seq = 0
         self._next_tick = 0.0
         self._dirty: set[bytes] = set()  # nodes that may have effects to carry out
+        self._wakes: list[tuple[float, int, bytes]] = []  # (at, seq, peer), lazy heap
 
     def add_node(self, peer_id: bytes, addrs: Iterable[bytes] = ()) -> DhtNode:
         """Create a node for ``peer_id`` with its own rng drawn from the net's rng."""
@@ -80,7 +83,15 @@ class MemNet:
             if done():
                 return
             next_event = self._events[0].at if self._events else float("inf")
-            if self._next_tick <= next_event:
+            next_wake = self._wakes[0][0] if self._wakes else float("inf")
+            if next_wake < min(self._next_tick, next_event):
+                self.now = max(self.now, next_wake)
+                _, _, peer_id = heapq.heappop(self._wakes)
+                node = self.nodes[peer_id]
+                if peer_id not in self.dead and node.next_wakeup() <= self.now:
+                    node.tick(self.now)
+                    self._dirty.add(peer_id)
+            elif self._next_tick <= next_event:
                 self.now = self._next_tick
                 self._next_tick += self.tick_every
                 for peer_id in sorted(self.nodes):
@@ -115,6 +126,10 @@ class MemNet:
             node = self.nodes[peer_id]
             if not node.has_ready():
                 continue
+            wake = node.next_wakeup()
+            if wake < self._next_tick:
+                self._seq += 1
+                heapq.heappush(self._wakes, (wake, self._seq, peer_id))
             ready = node.ready()
             node.advance(ready)
             for result in ready.finished:

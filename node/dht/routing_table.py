@@ -19,8 +19,18 @@ We do not ping inline (the table is pure): the newcomer goes into the bucket's b
 the head contact (at most one ping per bucket in flight, re-asked after
 ``ping_timeout``). The caller reports the outcome with :meth:`RoutingTable.ping_result`:
 alive moves the head to the tail (the newcomer waits in the cache); dead removes it,
-which promotes the most recently seen replacement. :meth:`RoutingTable.remove` (an RPC
-to that peer failed) promotes a replacement the same way.
+which promotes the most recently seen replacement.
+
+Failed requests (paper section 4.1, "Optimized contact accounting"): the caller reports
+them with :meth:`RoutingTable.record_failure`. A contact that failed is *stale* until it
+answers again (:meth:`RoutingTable.record_answer`). A stale contact is evicted as soon
+as a replacement exists -- at once when its bucket's replacement cache is not empty
+(the most recently seen replacement takes the slot), or when a newcomer arrives at its
+full bucket (the newcomer takes the slot of the stale contact with the most failures,
+no ping needed). With no replacement it is kept, merely flagged: "if a node's own
+network connection goes down temporarily, the node won't completely void all of its
+k-buckets". :meth:`RoutingTable.remove` drops a contact outright (and promotes a
+replacement the same way).
 
 Bucket refresh (paper section 2.3, "refreshes any bucket to which it has not performed a
 node lookup in the past hour"): every bucket up to ``max_refresh_cpl`` has a next-refresh
@@ -40,7 +50,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -75,7 +85,8 @@ class Contact:
 
     ``peer_id``: binary PeerId (multihash bytes, 38 bytes for Ed25519, any length is
     accepted); ``key``: its 32-byte Kademlia key; ``addrs``: binary multiaddrs;
-    ``last_seen``: seconds (caller's clock) of the last successful contact.
+    ``last_seen``: seconds (caller's clock) of the last successful contact;
+    ``failures``: requests to it that failed since it last answered (stale when > 0).
     """
 
     peer_id: bytes
@@ -83,12 +94,13 @@ class Contact:
     addrs: tuple[bytes, ...]
     last_seen: float
     key_int: int = field(repr=False, default=0)
+    failures: int = 0
 
 
 class UpdateStatus(Enum):
     """What :meth:`RoutingTable.update` did."""
 
-    ADDED = "added"  # new contact, bucket had room (or took a replacement slot)
+    ADDED = "added"  # new contact: bucket had room, or it replaced a stale contact
     UPDATED = "updated"  # known contact moved to the tail, addrs refreshed
     CACHED = "cached"  # bucket full: newcomer kept in the replacement cache
     SELF = "self"  # the local peer is never stored
@@ -143,6 +155,7 @@ class RoutingTable:
         self._rng = rng
         self._buckets = [_Bucket() for _ in range(KEY_BITS)]
         self._by_id: dict[bytes, Contact] = {}
+        self._deepest = -1  # deepest non-empty bucket (-1: empty table)
         self._next_refresh = [
             now + rng.random() * self.refresh_interval for _ in range(max_refresh_cpl + 1)
         ]
@@ -181,16 +194,23 @@ class RoutingTable:
         return list(self._buckets[index].replacements)
 
     def closest(
-        self, target_key: bytes, count: int = K, *, exclude: Iterable[bytes] = ()
+        self, target_key: bytes, count: int = K, *, exclude: Iterable[bytes] = (),
+        skip_stale: Callable[[bytes], bool] | None = None,
     ) -> list[Contact]:
         """Up to ``count`` contacts closest to the 32-byte ``target_key`` by XOR distance,
         nearest first (ties, which need a sha256 collision, broken by PeerId bytes).
-        PeerIds in ``exclude`` are skipped. Raises ValueError for a bad key length."""
+        PeerIds in ``exclude``, and stale contacts (``failures > 0``) for which
+        ``skip_stale(peer_id)`` is true, are left out. Raises ValueError for a bad key
+        length."""
         target = key_to_int(target_key)
-        skip = set(exclude)
+        excluded = set(exclude)
         picked: list[Contact] = []
         for group in self._groups_by_distance(target):
-            picked.extend(c for c in group if c.peer_id not in skip)
+            if skip_stale is None:
+                picked.extend(c for c in group if c.peer_id not in excluded)
+            else:
+                picked.extend(c for c in group if c.peer_id not in excluded and not (
+                    c.failures and skip_stale(c.peer_id)))
             if len(picked) >= count:
                 break
         picked.sort(key=lambda c: (c.key_int ^ target, c.peer_id))
@@ -205,18 +225,23 @@ class RoutingTable:
         t = KEY_BITS - (target ^ self._local_int).bit_length()
         if t < KEY_BITS:
             yield self._buckets[t].contacts
-            yield (c for b in self._buckets[t + 1:] for c in b.contacts)
+            deepest = self._deepest_nonempty()
+            yield (c for b in self._buckets[t + 1:deepest + 1] for c in b.contacts)
         for j in range(min(t, KEY_BITS) - 1, -1, -1):
             yield self._buckets[j].contacts
 
     # -- updates ---------------------------------------------------------------------
 
-    def update(self, peer_id: bytes, addrs: Iterable[bytes] = (), *, now: float) -> UpdateResult:
+    def update(self, peer_id: bytes, addrs: Iterable[bytes] = (), *, now: float,
+               failures: int = 0) -> UpdateResult:
         """Record that ``peer_id`` (binary PeerId) was seen alive at ``now`` (seconds).
 
-        Known: moved to the tail, ``addrs`` replaced when non-empty. New with room: added.
-        New with a full bucket: cached as a replacement, and ``ping`` names the head to
-        check (unless a ping for this bucket is already pending and younger than
+        Known: moved to the tail, ``addrs`` replaced when non-empty (its failure count is
+        kept: hearing from a peer is not an answer to our request). New (starting with
+        ``failures``, what the caller remembers of it) with room: added. New with a full
+        bucket holding a contact with more failures: takes its slot. New with a full
+        bucket otherwise: cached as a replacement, and ``ping`` names the head to check
+        (unless a ping for this bucket is already pending and younger than
         ``ping_timeout``)."""
         peer_id = bytes(peer_id)
         if peer_id == self.local_peer_id:
@@ -232,9 +257,16 @@ class RoutingTable:
                 known.addrs = addrs
             return UpdateResult(UpdateStatus.UPDATED)
         key = kad_key(peer_id)
-        contact = Contact(peer_id, key, addrs, now, key_to_int(key))
+        contact = Contact(peer_id, key, addrs, now, key_to_int(key), failures)
         bucket = self._buckets[self._index_of(contact.key_int)]
         if len(bucket.contacts) < self.k:
+            self._insert(bucket, contact)
+            return UpdateResult(UpdateStatus.ADDED)
+        stale = max(bucket.contacts, key=lambda c: c.failures)
+        if stale.failures > failures:  # ties: the least recently seen (max keeps the first)
+            bucket.contacts.remove(stale)
+            del self._by_id[stale.peer_id]
+            self._forget_replacement(peer_id)
             self._insert(bucket, contact)
             return UpdateResult(UpdateStatus.ADDED)
         self._cache_replacement(bucket, contact)
@@ -257,6 +289,25 @@ class RoutingTable:
         else:
             self.remove(peer_id)
 
+    def record_failure(self, peer_id: bytes) -> bool:
+        """A request to ``peer_id`` failed: flag the contact stale and evict it when its
+        bucket has a replacement (see the module docstring); a replacement-cache entry
+        is forgotten. Returns True when a contact left its bucket."""
+        contact = self._by_id.get(peer_id)
+        if contact is None:
+            self._forget_replacement(peer_id)
+            return False
+        contact.failures += 1
+        if self._buckets[self._index_of(contact.key_int)].replacements:
+            return self.remove(peer_id)
+        return False
+
+    def record_answer(self, peer_id: bytes) -> None:
+        """``peer_id`` answered a request: it is no longer stale (no-op when unknown)."""
+        contact = self._by_id.get(peer_id)
+        if contact is not None:
+            contact.failures = 0
+
     def remove(self, peer_id: bytes) -> bool:
         """Drop ``peer_id`` (it failed to respond); promote the most recently seen
         replacement of its bucket. Also forgets it from replacement caches.
@@ -265,11 +316,15 @@ class RoutingTable:
         if contact is None:
             self._forget_replacement(peer_id)
             return False
-        bucket = self._buckets[self._index_of(contact.key_int)]
+        index = self._index_of(contact.key_int)
+        bucket = self._buckets[index]
         bucket.contacts.remove(contact)
         if bucket.replacements:
             self._insert(bucket, bucket.replacements.pop())
         bucket.ping_sent_at = None
+        if index == self._deepest and not bucket.contacts:
+            self._deepest = next(
+                (i for i in range(index - 1, -1, -1) if self._buckets[i].contacts), -1)
         return True
 
     # -- refresh ---------------------------------------------------------------------
@@ -288,6 +343,11 @@ class RoutingTable:
                 self.mark_refreshed(index, now=now)
         due = [i for i in range(limit + 1) if self._next_refresh[i] <= now]
         return sorted(due, key=lambda i: (self._next_refresh[i], i))
+
+    def next_refresh_due(self) -> float:
+        """Seconds (caller's clock) of the earliest bucket refresh time: the table
+        needs :meth:`due_refreshes` no earlier than this."""
+        return min(self._next_refresh)
 
     def next_refresh_at(self, index: int) -> float:
         """Seconds (caller's clock) when bucket ``index`` (0..max_refresh_cpl) is due."""
@@ -339,6 +399,7 @@ class RoutingTable:
     def _insert(self, bucket: _Bucket, contact: Contact) -> None:
         bucket.contacts.append(contact)
         self._by_id[contact.peer_id] = contact
+        self._deepest = max(self._deepest, self._index_of(contact.key_int))
 
     def _cache_replacement(self, bucket: _Bucket, contact: Contact) -> None:
         bucket.replacements = [c for c in bucket.replacements if c.peer_id != contact.peer_id]
@@ -354,7 +415,4 @@ class RoutingTable:
         bucket.replacements = [c for c in bucket.replacements if c.peer_id != peer_id]
 
     def _deepest_nonempty(self) -> int:
-        for index in range(KEY_BITS - 1, -1, -1):
-            if self._buckets[index].contacts:
-                return index
-        return -1
+        return self._deepest

@@ -16,9 +16,12 @@ All Kademlia logic lives in the pure core; this shell only moves bytes and time:
 * **Outbound**: every request in the core's ``ready()`` runs in its own task: the
   peer's multiaddrs go into the peerstore, a new stream carries one request and one
   answer, and the core hears ``on_response`` or ``on_failure`` (dial error, reset,
-  malformed answer, ``request_timeout``).
-* **Time**: a tick every ``tick_interval`` seconds (trio's clock) feeds
-  ``DhtNode.tick``. The core's ``now`` is wall time, Unix-epoch seconds
+  malformed answer, ``request_timeout``, by default the core's
+  ``DhtConfig.request_timeout``).
+* **Time**: ``DhtNode.tick`` runs when the core's :meth:`~node.dht.core.DhtNode.next_wakeup`
+  is due (a lookup request's stall deadline, a hard timeout, a bucket refresh), and at
+  least every ``tick_interval`` seconds; a sleep is cut short when new requests bring
+  the next deadline forward. The core's ``now`` is wall time, Unix-epoch seconds
   (:meth:`DhtService.now`), so stored records get a meaningful ``timeReceived``; build
   the ``DhtNode`` with ``now=time.time()`` or its refresh schedule starts in 1970 and
   every bucket is due at once. The core's timeouts are coarse (seconds), so a wall-clock
@@ -63,7 +66,7 @@ class DhtService:
         node: DhtNode,
         *,
         tick_interval: float = 1.0,
-        request_timeout: float = 10.0,
+        request_timeout: float | None = None,
         idle_timeout: float = 60.0,
         max_inbound_streams: int = 64,
         rate_per_s: float = 200.0,
@@ -73,7 +76,8 @@ class DhtService:
         self.host = host
         self.node = node
         self.tick_interval = tick_interval
-        self.request_timeout = request_timeout
+        self.request_timeout = (
+            node.config.request_timeout if request_timeout is None else request_timeout)
         self.idle_timeout = idle_timeout
         self.max_message_size = max_message_size
         self.limiter = PeerRateLimiter(rate_per_s, burst)
@@ -84,6 +88,8 @@ class DhtService:
         self._nursery: trio.Nursery | None = None
         self._waiters: dict[int, trio.Event] = {}
         self._results: dict[int, QueryResult] = {}
+        self._sleep: trio.CancelScope | None = None  # the ticker's current sleep
+        self._wake_at = 0.0  # when that sleep ends, core clock
 
     def _drop(self, peer_id: str, reason: str) -> None:
         self.dropped[(peer_id, reason)] += 1
@@ -109,9 +115,14 @@ class DhtService:
             task_status.started()
             try:
                 while True:
-                    self.node.tick(self.now())
+                    now = self.now()
+                    self.node.tick(now)
                     self._flush()
-                    await trio.sleep(self.tick_interval)
+                    delay = min(self.tick_interval, max(0.0, self.node.next_wakeup() - now))
+                    self._wake_at = now + delay
+                    with trio.CancelScope() as self._sleep:
+                        await trio.sleep(delay)
+                    self._sleep = None
             finally:
                 self._nursery = None
 
@@ -158,17 +169,24 @@ class DhtService:
                 waiter.set()
         for request in ready.requests:
             self._nursery.start_soon(self._request, request)
+        if self._sleep is not None and self.node.next_wakeup() < self._wake_at:
+            self._sleep.cancel()  # a new deadline comes before the ticker wakes
 
     async def _request(self, req: OutboundRequest) -> None:
         answer: Message | None = None
+        reason = "timeout"
         with trio.move_on_after(self.request_timeout):
             try:
                 answer = await self._exchange(req)
+                reason = "no_answer"
+            except WireError:
+                reason = "malformed"
             except Exception as exc:  # noqa: BLE001 - any failure fails the request
+                reason = "failed"
                 log.debug("kad request %d to %s failed: %r", req.request_id,
                           req.peer.peer_id.hex(), exc)
         if answer is None:
-            self.node.on_failure(req.request_id, now=self.now())
+            self.node.on_failure(req.request_id, now=self.now(), reason=reason)
         else:
             self.node.on_response(req.request_id, answer, now=self.now())
         self._flush()

@@ -63,6 +63,7 @@ Params (``[workload_params]`` / ``--param``): ``join_over`` (10s), ``bootstraps`
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Hashable
 from typing import Any
@@ -112,6 +113,25 @@ def holds_closest(dht: DhtNode, peers: list[bytes]) -> bool:
     return True
 
 
+def _dht_config(params: dict[str, Any]) -> DhtConfig:
+    """``DhtConfig()`` -- the real node's defaults -- with the fields named in
+    ``params`` (popped) overridden: times as durations ("500ms"), counts as ints,
+    flags as true/false. Raises ValueError for a bad value."""
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(DhtConfig):
+        if f.name not in params:
+            continue
+        raw = params.pop(f.name)
+        default = getattr(DhtConfig(), f.name)
+        if isinstance(default, bool):
+            changes[f.name] = str(raw).lower() == "true"
+        elif isinstance(default, int):
+            changes[f.name] = int(raw)
+        else:
+            changes[f.name] = parse_duration(raw)
+    return DhtConfig(**changes)
+
+
 def _multiaddr(i: int) -> bytes:
     """Binary ``/ip4/10.a.b.c/tcp/4001`` for node (or fabricated peer) ``i``."""
     return b"\x04" + bytes((10, (i >> 16) & 255, (i >> 8) & 255, i & 255)) + b"\x06\x0f\xa1"
@@ -132,6 +152,7 @@ class DhtProcess(BaseProcess):
         self.streams: dict[int, int] = {}  # core request id -> destination node
         self.boot_qid: int | None = None
         self.lookups: dict[int, tuple[float, bytes]] = {}  # qid -> (start, target peer id)
+        self.wake_at = math.inf  # when the "tick" timer is set for
 
     # -- lifecycle ----------------------------------------------------------------------
     def on_start(self, ctx: Context) -> None:
@@ -143,13 +164,14 @@ class DhtProcess(BaseProcess):
 
     def on_crash(self) -> None:
         self.dht, self.streams, self.lookups, self.boot_qid = None, {}, {}, None
+        self.wake_at = math.inf
 
     def _join(self, ctx: Context) -> None:
         wl = self.wl
         self.dht = DhtNode(wl.infos[self.node_id], validator=wl.validator, rng=ctx.rng,
                            now=ctx.now, config=wl.config)
+        self.wake_at = math.inf
         self._bootstrap(ctx)
-        ctx.set_timer(wl.tick_s, "tick")
 
     def _bootstrap(self, ctx: Context) -> None:
         assert self.dht is not None
@@ -164,8 +186,8 @@ class DhtProcess(BaseProcess):
         elif self.dht is None:
             return
         elif timer_id == "tick":
+            self.wake_at = math.inf
             self.dht.tick(ctx.now)
-            ctx.set_timer(self.wl.tick_s, "tick")
             self._drain(ctx)
         elif timer_id == "rebootstrap":
             self._bootstrap(ctx)
@@ -213,7 +235,7 @@ class DhtProcess(BaseProcess):
             msg = decode_message(body)
         except WireError:
             self.wl.bad_frames += 1
-            self.dht.on_failure(stream, now=ctx.now)
+            self.dht.on_failure(stream, now=ctx.now, reason="malformed")
         else:
             self.dht.on_response(stream, msg, now=ctx.now)
         self._drain(ctx)
@@ -245,6 +267,11 @@ class DhtProcess(BaseProcess):
                 ctx.send(dest, _frame(_REQ, req.request_id, req.message))
             for result in ready.finished:
                 self._finished(ctx, result)
+        # sleep until the core's next deadline (as node.dht.service does), at most tick
+        wake = min(dht.next_wakeup(), ctx.now + wl.tick_s)
+        if wake < self.wake_at:
+            self.wake_at = wake
+            ctx.set_timer(max(0.0, wake - ctx.now), "tick")
         if self.strategy is None:
             wl.check_converged(self.node_id, ctx.now, dht)
 
@@ -283,15 +310,13 @@ class DiscoveryWorkload:
             out = {
                 "join_over": parse_duration(p.pop("join_over", "10s")),
                 "bootstraps": int(p.pop("bootstraps", 3)),
-                "tick": parse_duration(p.pop("tick", "100ms")),
-                "request_timeout": parse_duration(p.pop("request_timeout", "1s")),
+                "tick": parse_duration(p.pop("tick", "1s")),
                 "retry": parse_duration(p.pop("retry", "1s")),
-                "refresh_on_join": str(p.pop("refresh_on_join", "true")).lower() == "true",
                 "lookups": int(p.pop("lookups", 200)),
                 "lookups_from": p.pop("lookups_from", None),
                 "lookups_until": p.pop("lookups_until", None),
                 "byzantine": str(p.pop("byzantine", "mix")),
-                "k": int(p.pop("k", 20)), "alpha": int(p.pop("alpha", 3)),
+                "dht": _dht_config(p),
                 "target": parse_duration(p.pop("target", "5s")),
                 "seed_limit": parse_duration(p.pop("seed_limit", "30s")),
             }
@@ -304,7 +329,7 @@ class DiscoveryWorkload:
             raise ValueError(f"discovery: unknown workload params {sorted(p)}")
         if out["byzantine"] not in ("mix", *_BYZ_PARAM):
             raise ValueError("discovery: byzantine must be mix, silent, garbage or lie")
-        if out["tick"] <= 0 or out["bootstraps"] < 1 or out["k"] < 1:
+        if out["tick"] <= 0 or out["bootstraps"] < 1 or out["dht"].k < 1:
             raise ValueError("discovery: tick > 0, bootstraps >= 1 and k >= 1 required")
         return out
 
@@ -314,10 +339,8 @@ class DiscoveryWorkload:
         p = self._params(spec)
         self.params = p
         self.tick_s, self.retry_s = p["tick"], p["retry"]
-        self.refresh_on_join = p["refresh_on_join"]
-        self.config = DhtConfig(k=p["k"], alpha=p["alpha"],
-                                request_timeout=p["request_timeout"],
-                                refresh_on_join=p["refresh_on_join"])
+        self.config = p["dht"]
+        self.refresh_on_join = self.config.refresh_on_join
         n = self.n = spec.nodes
         key_rng = world.engine.child_rng("dht-keys")
         self.infos = [PeerInfo(peer_id_bytes_from_public_key(
@@ -334,7 +357,7 @@ class DiscoveryWorkload:
         self.join_at = [0.0] * n
         for rank, node in enumerate(rest):
             self.join_at[node] = p["join_over"] * (rank + 1) / max(1, len(rest))
-        self.closest = {i: self._true_closest(i, honest, p["k"]) for i in honest}
+        self.closest = {i: self._true_closest(i, honest, self.config.k) for i in honest}
         self.ready_at = {
             i: max([self.join_at[i], *(self.join_at[self.index[j]] for j in self.closest[i])])
             for i in honest}
@@ -367,7 +390,7 @@ class DiscoveryWorkload:
             start = max(self.join_at) + 5.0
         end = p["lookups_until"]
         if end is None:
-            end = spec.duration_s - max(10.0, 10 * p["request_timeout"])
+            end = spec.duration_s - max(10.0, self.config.request_timeout)
             if end <= start:  # a short run: the first half of what is left
                 end = start + (spec.duration_s - start) / 2
         count = p["lookups"]
