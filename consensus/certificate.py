@@ -11,9 +11,10 @@ transferable: a third party holding only the member map can check them.
   PBFT only commits what a quorum prepared and prepared certificates survive view changes.
 * Stable-checkpoint certificate (:class:`~consensus.messages.CheckpointProof`): a quorum
   of CHECKPOINT(seq, state_digest).
-* Prepared certificate (:class:`~consensus.messages.PreparedProof`): the pre-prepare
-  (with its batch) plus a quorum of matching PREPAREs from distinct members (the primary
-  prepares too; see :mod:`consensus.replica`).
+* Prepared certificate (:class:`~consensus.messages.PreparedProof`): the signed
+  pre-prepare header plus a quorum of matching PREPARE signatures from distinct members
+  (the primary prepares too; see :mod:`consensus.replica`), compactly as a signer bitmap
+  and the signatures; the batch is not part of it (the digest binds it).
 
 Each ``verify_*`` returns the certified value or raises a precise
 :class:`CertificateError` subclass. ``verify`` accepts bytes (for certificates stored in
@@ -22,7 +23,7 @@ files: ``encode_message(cert)``) or the decoded object.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from identity.signer import verify_signature
 
@@ -31,7 +32,9 @@ from .messages import (
     CheckpointProof,
     CommitCertificate,
     MessageDecodeError,
+    Prepare,
     PreparedProof,
+    PrePrepare,
     batch_digest,
     decode_message,
 )
@@ -39,7 +42,8 @@ from .quorum import Membership, VerifyFn
 
 __all__ = [
     "BadSignature", "CertificateError", "Malformed", "NotAMember", "NotEnoughSigners",
-    "WrongDigest", "WrongPrimary", "verify", "verify_checkpoint", "verify_prepared",
+    "WrongDigest", "WrongPrimary", "prepared_proof", "verify", "verify_checkpoint",
+    "verify_prepared",
 ]
 
 
@@ -135,21 +139,29 @@ def verify_checkpoint(
 
 def verify_prepared(
     proof: PreparedProof, members: Membership, *, verify_fn: VerifyFn = verify_signature
-) -> Batch:
-    """Verify a prepared certificate: the pre-prepare carries a batch matching its digest
-    and is signed by a member, and a quorum of distinct members signed matching
-    PREPAREs (the primary prepares too, so this holds without knowing who the primary of
-    the view was). Returns the batch. Raises :class:`CertificateError`."""
-    pp = proof.pre_prepare
-    if pp.batch is None or batch_digest(pp.batch) != pp.digest:
-        raise WrongDigest("pre-prepare batch missing or does not match its digest")
-    _check_sig(members, pp, verify_fn)
-    seen: set[str] = set()
-    for p in proof.prepares:
-        if (p.view, p.seq, p.digest) != (pp.view, pp.seq, pp.digest):
-            raise WrongDigest(f"prepare by {p.sender!r} does not match the pre-prepare")
-        _check_sig(members, p, verify_fn)
-        seen.add(p.sender)
-    if len(seen) < members.quorum:
-        raise NotEnoughSigners(f"{len(seen)} prepares, quorum is {members.quorum}")
-    return pp.batch
+) -> None:
+    """Verify a compact prepared certificate for ``(proof.view, proof.seq, proof.digest)``:
+    the PRE-PREPARE signature of ``proof.primary`` (a member) and a quorum of distinct
+    members' PREPARE signatures (the primary prepares too, so this holds without knowing
+    who the primary of the view was). Every signature is checked. Raises
+    :class:`Malformed` (signer bitmap), :class:`NotAMember`, :class:`BadSignature` or
+    :class:`NotEnoughSigners`."""
+    _check_sig(members, proof.pre_prepare(), verify_fn)
+    try:
+        signers = members.unpack_signatures(proof.signers, proof.sigs)
+    except ValueError as exc:
+        raise Malformed(f"prepared certificate: {exc}") from None
+    if len(signers) < members.quorum:
+        raise NotEnoughSigners(f"{len(signers)} prepares, quorum is {members.quorum}")
+    for member, key, sig in signers:
+        prep = Prepare(proof.view, proof.seq, proof.digest, member)
+        if not verify_fn(key, prep.signing_bytes(), sig):
+            raise BadSignature(f"bad PREPARE signature by {member!r}")
+
+
+def prepared_proof(pp: PrePrepare, prepares: Iterable[Prepare],
+                   members: Membership) -> PreparedProof:
+    """A compact prepared certificate from the PRE-PREPARE and matching PREPAREs (their
+    signatures are copied, not checked: the caller verified them on receipt)."""
+    return PreparedProof(pp.view, pp.seq, pp.digest, pp.sender, pp.sig,
+                         *members.pack_signatures({p.sender: p.sig for p in prepares}))

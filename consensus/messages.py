@@ -15,7 +15,13 @@ so one generic encoder and one generic, strict decoder serve every message:
 Signed messages (pre-prepare, prepare, commit, checkpoint, view-change, new-view) are
 signed with Ed25519 over :meth:`signing_bytes`: the canonical encoding of
 ``[DOMAIN, KIND, fields...]`` without the signature (and, for a pre-prepare, without the
-batch, which the signed digest already binds). ``sender`` is the signer's member id; the
+batch, which the signed digest already binds; for a view change, with only the summary of
+its proofs, see :class:`ViewChange`).
+
+Size: the codec refuses messages above 4 MiB, so certificates inside view changes are
+compact (:class:`PreparedProof`: one signer bitmap plus the signatures, no batch) and a
+NEW-VIEW carries VIEW-CHANGE summaries, not whole VIEW-CHANGEs (see
+:mod:`consensus.viewchange` for the sizes). ``sender`` is the signer's member id; the
 receiver looks the key up in its member map. The signing bytes are cached on the object
 so a simulator that hands one object to 100 replicas encodes it once.
 
@@ -36,7 +42,8 @@ from identity.canonical import DecodeError, decode
 __all__ = [
     "DOMAIN", "Batch", "Checkpoint", "CheckpointProof", "Commit", "CommitCertificate",
     "Evidence", "Message", "MessageDecodeError", "NewView", "PrePrepare", "Prepare",
-    "PreparedProof", "Request", "StateReply", "StateRequest", "ViewChange",
+    "PreparedEntry", "PreparedProof", "Request", "StateReply", "StateRequest", "ViewChange",
+    "ViewChangeSummary",
     "batch_digest", "decode_message", "encode_message", "sha256",
 ]
 
@@ -286,13 +293,28 @@ class CheckpointProof(_Wire):
 
 @dataclass(frozen=True, slots=True)
 class PreparedProof(_Wire):
-    """A prepared certificate (TOCS 4.4): the pre-prepare (with its batch) and a quorum of
-    matching prepares from distinct members (the primary prepares too)."""
+    """A compact prepared certificate (TOCS 4.4) for ``(view, seq, digest)``: the
+    PRE-PREPARE's sender and signature, and a quorum of PREPARE signatures as a signer
+    bitmap over the sorted member ids (bit ``i``, most significant first, is member
+    ``i``) plus their 64-byte signatures concatenated in member order. The batch is not
+    carried (the digest binds it). Verify with
+    :func:`consensus.certificate.verify_prepared`."""
 
-    pre_prepare: PrePrepare
-    prepares: tuple[Prepare, ...]
+    view: int
+    seq: int
+    digest: bytes
+    primary: str
+    pp_sig: bytes
+    signers: bytes
+    sigs: bytes
     KIND: ClassVar[int] = 21
-    _SPEC: ClassVar = (("pre_prepare", PrePrepare), ("prepares", ("tuple", Prepare)))
+    _SPEC: ClassVar = (("view", "int"), ("seq", "int"), ("digest", "b32"),
+                       ("primary", "str"), ("pp_sig", "b64"), ("signers", "bytes"),
+                       ("sigs", "bytes"))
+
+    def pre_prepare(self) -> PrePrepare:
+        """The signed PRE-PREPARE header (no batch) the certificate carries."""
+        return PrePrepare(self.view, self.seq, self.digest, self.primary, self.pp_sig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,10 +332,19 @@ class CommitCertificate(_Wire):
                        ("commits", ("tuple", Commit)))
 
 
+def _vc_signing_bytes(new_view: int, ckpt_seq: int, ckpt_digest: bytes,
+                      entries: list[list[Any]], sender: str) -> bytes:
+    return _pack([DOMAIN, ViewChange.KIND, new_view, ckpt_seq, ckpt_digest, entries, sender])
+
+
 @dataclass(frozen=True, slots=True)
 class ViewChange(_Signed):
     """VIEW-CHANGE(v+1, n, C, P, i) (TOCS 4.4): ``checkpoint`` is the sender's stable
-    checkpoint proof (n and C), ``prepared`` its prepared certificates above it (P)."""
+    checkpoint proof (n and C), ``prepared`` its prepared certificates above it (P).
+
+    The signature covers ``(new_view, n, state digest, [(seq, view, digest) of P],
+    sender)`` only, not the proofs (they verify on their own against those values), so
+    a NEW-VIEW can carry the signed :meth:`summary` instead of the whole message."""
 
     new_view: int
     checkpoint: CheckpointProof
@@ -327,21 +358,81 @@ class ViewChange(_Signed):
                        ("prepared", ("tuple", PreparedProof)), ("sender", "str"),
                        ("sig", "b64"))
 
+    def signing_bytes(self) -> bytes:
+        cached = self._sb
+        if cached is None:
+            cp = self.checkpoint
+            cached = _vc_signing_bytes(self.new_view, cp.seq, cp.state_digest,
+                                       [[p.seq, p.view, p.digest] for p in self.prepared],
+                                       self.sender)
+            object.__setattr__(self, "_sb", cached)
+        return cached
+
+    def summary(self) -> ViewChangeSummary:
+        """The signed part, as carried in a NEW-VIEW."""
+        cp = self.checkpoint
+        return ViewChangeSummary(
+            self.new_view, cp.seq, cp.state_digest,
+            tuple(PreparedEntry(p.seq, p.view, p.digest) for p in self.prepared),
+            self.sender, self.sig)
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedEntry(_Wire):
+    """``(seq, view, digest)`` of one prepared certificate named in a VIEW-CHANGE."""
+
+    seq: int
+    view: int
+    digest: bytes
+    KIND: ClassVar[int] = 23
+    _SPEC: ClassVar = (("seq", "int"), ("view", "int"), ("digest", "b32"))
+
+
+@dataclass(frozen=True, slots=True)
+class ViewChangeSummary(_Wire):
+    """The signed part of a :class:`ViewChange` (same signature): its new view, the
+    sequence number and state digest of its stable checkpoint and the
+    :class:`PreparedEntry` s of its prepared certificates."""
+
+    new_view: int
+    ckpt_seq: int
+    ckpt_digest: bytes
+    prepared: tuple[PreparedEntry, ...]
+    sender: str
+    sig: bytes
+    KIND: ClassVar[int] = 24
+    _SPEC: ClassVar = (("new_view", "int"), ("ckpt_seq", "int"), ("ckpt_digest", "b32"),
+                       ("prepared", ("tuple", PreparedEntry)), ("sender", "str"),
+                       ("sig", "b64"))
+
+    def signing_bytes(self) -> bytes:
+        return _vc_signing_bytes(self.new_view, self.ckpt_seq, self.ckpt_digest,
+                                 [[p.seq, p.view, p.digest] for p in self.prepared],
+                                 self.sender)
+
 
 @dataclass(frozen=True, slots=True)
 class NewView(_Signed):
-    """NEW-VIEW(v+1, V, O) (TOCS 4.4): a quorum of view-changes and the pre-prepares the
-    new primary derived from them (each receiver recomputes O and compares)."""
+    """NEW-VIEW(v+1, V, O) (TOCS 4.4), compact: ``view_changes`` are the signed
+    summaries of a quorum of VIEW-CHANGEs (V); ``checkpoint`` proves the highest stable
+    checkpoint they name (min-s); ``proofs`` holds, for every sequence number at which O
+    re-proposes a prepared batch, the prepared certificate of the highest view named in
+    V (in sequence order); ``pre_prepares`` is O: signed PRE-PREPAREs without batches
+    (receivers recompute O from V and compare; batches are known or fetched by state
+    transfer once decided)."""
 
     view: int
-    view_changes: tuple[ViewChange, ...]
+    view_changes: tuple[ViewChangeSummary, ...]
+    checkpoint: CheckpointProof
+    proofs: tuple[PreparedProof, ...]
     pre_prepares: tuple[PrePrepare, ...]
     sender: str
     sig: bytes = _sig()
     _sb: bytes | None = _cache()
     _w: list[Any] | None = _cache()
     KIND: ClassVar[int] = 15
-    _SPEC: ClassVar = (("view", "int"), ("view_changes", ("tuple", ViewChange)),
+    _SPEC: ClassVar = (("view", "int"), ("view_changes", ("tuple", ViewChangeSummary)),
+                       ("checkpoint", CheckpointProof), ("proofs", ("tuple", PreparedProof)),
                        ("pre_prepares", ("tuple", PrePrepare)), ("sender", "str"),
                        ("sig", "b64"))
 
@@ -374,7 +465,7 @@ Message = (Request | PrePrepare | Prepare | Commit | Checkpoint | ViewChange | N
            | StateRequest | StateReply)
 _TOP = {c.KIND: c for c in (Request, PrePrepare, Prepare, Commit, Checkpoint, ViewChange,
                             NewView, StateRequest, StateReply, CommitCertificate, Evidence,
-                            PreparedProof, CheckpointProof, Batch)}
+                            PreparedProof, CheckpointProof, Batch, ViewChangeSummary)}
 
 
 def encode_message(msg: Any) -> bytes:

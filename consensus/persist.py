@@ -9,8 +9,9 @@ canonical msgpack):
 ``"msg"``       a message this replica signed for a sequence number (pre-prepare with
                 batch, prepare, commit, checkpoint): what it must never contradict;
 ``"viewchange"`` a VIEW-CHANGE or NEW-VIEW (with its pre-prepares) this replica signed;
-``"prepared"``  a prepared certificate (pre-prepare with batch + prepares): kept so a
-                decision prepared here survives a view change after a crash (TOCS 4.4);
+``"prepared"``  ``[PreparedProof, batch or None]``: a prepared certificate and its batch,
+                kept so a decision prepared here survives a view change after a crash
+                (TOCS 4.4) and can still be executed;
 ``"decided"``   a commit certificate this replica executed (the decided log);
 ``"stable"``    ``[CheckpointProof, snapshot, view, primary]``: a stable checkpoint, the
                 replicated state at it, and the view the replica was running with the
@@ -42,10 +43,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from identity.canonical import DecodeError, decode
+from identity.canonical import DecodeError, decode, encode
 
 from .effects import Ready, Record
 from .messages import (
+    Batch,
     Checkpoint,
     CheckpointProof,
     Commit,
@@ -61,7 +63,7 @@ from .messages import (
     sha256,
 )
 
-__all__ = ["restore"]
+__all__ = ["pack_prepared", "restore", "unpack_prepared"]
 
 
 def restore(me: str, members: Any, records: Iterable[Record], *, replica_cls: Any = None,
@@ -82,7 +84,7 @@ def restore(me: str, members: Any, records: Iterable[Record], *, replica_cls: An
         pins: dict[int, str] = {}
         for rec in records:
             if rec.kind == "prepared" and rec.seq > r.low:
-                _restore_prepared(r, decode_message(rec.data))
+                _restore_prepared(r, *unpack_prepared(rec.data))
             elif rec.kind in ("msg", "viewchange"):
                 msg = decode_message(rec.data)
                 v, e = _restore_own(r, msg)
@@ -150,13 +152,25 @@ def _restore_decided(r: Any, decided: list[Record]) -> None:
         seq += 1
 
 
-def _restore_prepared(r: Any, proof: PreparedProof) -> None:
-    pp = proof.pre_prepare
-    slot = r.slots.setdefault(pp.seq, r._new_slot())
-    if pp.batch is not None:
-        slot.batches[pp.digest] = pp.batch
-    if slot.prepared is None or slot.prepared.pre_prepare.view <= pp.view:
+def pack_prepared(proof: PreparedProof, batch: Batch | None) -> bytes:
+    """Data of a ``"prepared"`` record."""
+    return encode([proof.wire(), None if batch is None else batch.wire()])
+
+
+def unpack_prepared(data: bytes) -> tuple[PreparedProof, Batch | None]:
+    """Inverse of :func:`pack_prepared`; raises DecodeError / TypeError / ValueError."""
+    proof_w, batch_w = decode(data)
+    return PreparedProof.from_wire(proof_w), None if batch_w is None else \
+        Batch.from_wire(batch_w)
+
+
+def _restore_prepared(r: Any, proof: PreparedProof, batch: Batch | None) -> None:
+    slot = r.slots.setdefault(proof.seq, r._new_slot())
+    if batch is not None and batch_digest(batch) == proof.digest:
+        slot.batches[proof.digest] = batch
+    if slot.prepared is None or slot.prepared.view <= proof.view:
         slot.prepared = proof
+    r.known_prepared.add((proof.view, proof.seq, proof.digest))
 
 
 def _restore_own(r: Any, msg: Any) -> tuple[int, int]:

@@ -15,7 +15,6 @@ Iteration order is always the sorted member ids: never the dict order.
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -50,6 +49,8 @@ class Membership:
     f: int = field(init=False, compare=False)
     quorum: int = field(init=False, compare=False)
     weak: int = field(init=False, compare=False)  #: ``f + 1``: contains an honest member
+    index: dict[str, int] = field(init=False, compare=False, repr=False)  #: id -> position
+    _keys: dict[str, bytes] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         n = len(self.ids)
@@ -57,6 +58,11 @@ class Membership:
         object.__setattr__(self, "f", faults(n))
         object.__setattr__(self, "quorum", quorum(n))
         object.__setattr__(self, "weak", faults(n) + 1)
+        object.__setattr__(self, "index", {m: i for i, m in enumerate(self.ids)})
+        object.__setattr__(self, "_keys", dict(zip(self.ids, self.keys, strict=True)))
+
+    def __hash__(self) -> int:
+        return hash(self.ids)
 
     @classmethod
     def of(cls, members: Mapping[str, bytes]) -> Membership:
@@ -78,11 +84,10 @@ class Membership:
 
     def key(self, member: str) -> bytes | None:
         """The member's public key, or None when ``member`` is not a member."""
-        idx = _index(self.ids, member)
-        return None if idx < 0 else self.keys[idx]
+        return self._keys.get(member)
 
     def __contains__(self, member: object) -> bool:
-        return isinstance(member, str) and _index(self.ids, member) >= 0
+        return member in self._keys
 
     def digest(self) -> bytes:
         """SHA-256 over the canonical encoding of the sorted (id, key) pairs."""
@@ -93,15 +98,42 @@ class Membership:
 
     def check_signed(self, msg: object, verify: VerifyFn = verify_signature) -> bool:
         """True when ``msg`` (a signed message) is from a member and its signature verifies."""
-        key = self.key(msg.sender)  # type: ignore[attr-defined]
+        key = self._keys.get(msg.sender)  # type: ignore[attr-defined]
         return key is not None and verify(key, msg.signing_bytes(), msg.sig)  # type: ignore[attr-defined]
+
+    def pack_signatures(self, sigs: Mapping[str, bytes]) -> tuple[bytes, bytes]:
+        """``(signers, signatures)``: a bitmap of ``ceil(n / 8)`` bytes (bit ``i``, most
+        significant first, set when member ``ids[i]`` signed) and the 64-byte signatures
+        of ``sigs`` (member id -> signature; non-members are left out) concatenated in
+        member order."""
+        idx = sorted(self.index[m] for m in sigs if m in self.index)
+        bits = 0
+        for i in idx:
+            bits |= 1 << (self.n - 1 - i)
+        nbytes = (self.n + 7) // 8
+        bitmap = (bits << (nbytes * 8 - self.n)).to_bytes(nbytes, "big")
+        return bitmap, b"".join(sigs[self.ids[i]] for i in idx)
+
+    def unpack_signatures(self, signers: bytes, sigs: bytes) -> list[tuple[str, bytes, bytes]]:
+        """Inverse of :meth:`pack_signatures`: ``[(member id, public key, signature)]``
+        in member order. Raises ValueError when the bitmap has the wrong length or bits
+        past ``n``, or the signatures do not add up to 64 bytes per signer."""
+        nbytes = (self.n + 7) // 8
+        if len(signers) != nbytes:
+            raise ValueError(f"signer bitmap of {len(signers)} bytes, expected {nbytes}")
+        pad = nbytes * 8 - self.n
+        bits = int.from_bytes(signers, "big")
+        if bits & ((1 << pad) - 1):
+            raise ValueError("signer bitmap names members past n")
+        bits >>= pad
+        idx = [i for i in range(self.n) if bits >> (self.n - 1 - i) & 1]
+        if len(sigs) != 64 * len(idx):
+            raise ValueError(f"{len(sigs)} signature bytes for {len(idx)} signers")
+        return [(self.ids[i], self.keys[i], sigs[64 * k: 64 * k + 64])
+                for k, i in enumerate(idx)]
 
     def distinct_quorum(self, msgs: Iterable[object]) -> bool:
         """True when ``msgs`` come from at least a quorum of distinct members."""
         senders = {m.sender for m in msgs}  # type: ignore[attr-defined]
         return len(senders) >= self.quorum and all(s in self for s in senders)
 
-
-def _index(ids: tuple[str, ...], member: str) -> int:
-    i = bisect.bisect_left(ids, member)
-    return i if i < len(ids) and ids[i] == member else -1

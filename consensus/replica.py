@@ -51,6 +51,7 @@ from typing import Any
 from identity.signer import Signer, verify_signature
 
 from .batching import RequestsMixin
+from .certificate import prepared_proof
 from .checkpoint import CheckpointMixin
 from .effects import Decision, Outbound, Ready, Record, SignRequest
 from .evidence import make_evidence
@@ -72,6 +73,7 @@ from .messages import (
     batch_digest,
     encode_message,
 )
+from .persist import pack_prepared as _pack_prepared
 from .quorum import Membership, VerifyFn
 from .state import NullStateMachine, ReplicatedState, StateMachine
 from .viewchange import ViewChangeMixin
@@ -374,14 +376,17 @@ class Replica(RequestsMixin, CheckpointMixin, ViewChangeMixin):
         if old is not None and old.view == pp.view:
             if old.digest != pp.digest:
                 self._add_evidence(old, pp)
+            elif pp.batch is not None and pp.digest not in slot.batches:
+                slot.batches[pp.digest] = pp.batch  # the body of a NEW-VIEW re-proposal
+                self._check_committed(pp.seq, slot)
             return
         if old is not None and old.view > pp.view:
             return
-        assert pp.batch is not None
-        slot.pp = pp
-        slot.batches[pp.digest] = pp.batch
-        for r in pp.batch.requests:
-            self.inflight.setdefault((r.client, r.rid), pp.seq)
+        slot.pp = pp  # without a batch only from a NEW-VIEW (fetched once decided)
+        if pp.batch is not None:
+            slot.batches[pp.digest] = pp.batch
+            for r in pp.batch.requests:
+                self.inflight.setdefault((r.client, r.rid), pp.seq)
         self._arm_timer()
         if (Prepare.KIND, pp.view) not in slot.sent:
             prep = Prepare(pp.view, pp.seq, pp.digest, self.me)
@@ -431,11 +436,12 @@ class Replica(RequestsMixin, CheckpointMixin, ViewChangeMixin):
         votes = slot.prepares.get((view, digest), {})
         if len(votes) < self._prepared_quorum():
             return
-        chosen = tuple(votes[s] for s in sorted(votes))[: self.members.quorum]
-        proof = PreparedProof(pp, chosen)
+        chosen = [votes[s] for s in sorted(votes)][: self.members.quorum]
+        proof = prepared_proof(pp, chosen, self.members)
         slot.prepared = proof
         self.known_prepared.add((view, seq, digest))
-        self._persist("prepared", seq, proof)
+        batch = slot.batches.get(digest)
+        self._persist("prepared", seq, _pack_prepared(proof, batch))
         commit = Commit(view, seq, digest, self.me)
         slot.sent[(Commit.KIND, view)] = commit
         self._sign(commit)

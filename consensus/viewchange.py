@@ -11,50 +11,73 @@ NEW-VIEW; if none comes it moves on to ``v + 2`` with the timeout doubled.
 The primary of ``v + 1`` collects a quorum ``V`` of valid VIEW-CHANGEs (its own included)
 and computes ``O``: with ``min_s`` the highest checkpoint in ``V`` and ``max_s`` the
 highest prepared sequence number, for each ``n`` in ``(min_s, max_s]`` it re-proposes
-the batch of the prepared certificate with the highest view (a committed batch is
+the digest of the prepared certificate with the highest view (a committed batch is
 prepared at ``f + 1`` honest members of any quorum, so it is always picked), or a null
 batch when there is none. It signs each pre-prepare of ``O`` and then NEW-VIEW(v+1, V, O).
 
-A backup accepts NEW-VIEW only from the view's primary, after verifying every
-VIEW-CHANGE in ``V`` and recomputing ``O`` itself; it then enters the view, treats ``O``
-as ordinary pre-prepares (sending PREPAREs) and fetches state when ``min_s`` is above
-what it has executed. Timeouts grow as ``view_timeout * 2**k`` only while views keep
-failing (``k`` resets on progress, see :mod:`consensus.replica`).
+Size. Messages are bounded by the codec's 4 MiB, so nothing here carries batches or
+whole PREPAREs: a prepared certificate is the signed pre-prepare header plus a signer
+bitmap and the quorum's PREPARE signatures (:class:`~consensus.messages.PreparedProof`);
+a VIEW-CHANGE's signature covers only its summary (checkpoint, and ``(seq, view,
+digest)`` per certificate); a NEW-VIEW carries the signed summaries of ``V``, the
+checkpoint proof of ``min_s`` and only the prepared certificates ``O`` re-proposes.
+That is everything 4.4 needs to check ``O``: the summaries determine ``min_s`` and the
+highest view per sequence number, and each chosen entry comes with its proof (an honest
+primary never includes a summary whose highest entry it cannot prove, because it
+verified every VIEW-CHANGE in full). Every signature is still checked (known facts are
+cached). At n = 100, window 64: a VIEW-CHANGE is ~0.3 MB, a NEW-VIEW ~0.5 MB.
+
+A backup accepts NEW-VIEW only from the view's primary, after verifying it and
+recomputing ``O`` itself; it then enters the view, treats ``O`` as ordinary pre-prepares
+(sending PREPAREs; the batch is attached when the replica holds it, else it arrives with
+the decision by state transfer) and fetches state when ``min_s`` is above what it has
+executed. Timeouts grow as ``view_timeout * 2**k`` only while views keep failing (``k``
+resets on progress, see :mod:`consensus.replica`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from identity.canonical import encode
 
 from .certificate import CertificateError, verify_checkpoint, verify_prepared
-from .messages import Batch, NewView, PrePrepare, ViewChange, batch_digest
+from .messages import (
+    Batch,
+    NewView,
+    PreparedEntry,
+    PreparedProof,
+    PrePrepare,
+    ViewChange,
+    ViewChangeSummary,
+    batch_digest,
+)
 
 __all__ = ["ViewChangeMixin", "compute_new_view"]
 
 
-def compute_new_view(view: int, primary: str, vcs: tuple[ViewChange, ...]) -> tuple[
-        int, list[PrePrepare]]:
-    """``(min_s, O)`` for a NEW-VIEW of ``view`` by ``primary`` from the quorum ``vcs``
-    (TOCS 4.4): unsigned pre-prepares, one per sequence number in ``(min_s, max_s]``."""
-    min_s = max(vc.checkpoint.seq for vc in vcs)
-    best: dict[int, Any] = {}
+def compute_new_view(view: int, primary: str, vcs: tuple[ViewChangeSummary, ...]) -> tuple[
+        int, dict[int, PreparedEntry], list[PrePrepare]]:
+    """``(min_s, chosen, O)`` for a NEW-VIEW of ``view`` by ``primary`` from the quorum
+    ``vcs`` (TOCS 4.4): ``chosen`` maps each sequence number above ``min_s`` that some
+    summary names to its highest-view entry; ``O`` holds unsigned pre-prepares without
+    batches, one per sequence number in ``(min_s, max_s]`` (a null batch where nothing
+    was prepared)."""
+    min_s = max(vc.ckpt_seq for vc in vcs)
+    best: dict[int, PreparedEntry] = {}
     for vc in vcs:
-        for p in vc.prepared:
-            pp = p.pre_prepare
-            if pp.seq <= min_s:
+        for e in vc.prepared:
+            if e.seq <= min_s:
                 continue
-            cur = best.get(pp.seq)
-            if cur is None or (pp.view, pp.digest) > (cur.view, cur.digest):
-                best[pp.seq] = pp
+            cur = best.get(e.seq)
+            if cur is None or (e.view, e.digest) > (cur.view, cur.digest):
+                best[e.seq] = e
     max_s = max(best, default=min_s)
-    out = []
-    for n in range(min_s + 1, max_s + 1):
-        chosen = best.get(n)
-        batch = chosen.batch if chosen is not None else Batch(view, primary, (), ())
-        out.append(PrePrepare(view, n, batch_digest(batch), primary, batch=batch))
-    return min_s, out
+    null = batch_digest(Batch(view, primary, (), ()))
+    out = [PrePrepare(view, n, best[n].digest if n in best else null, primary)
+           for n in range(min_s + 1, max_s + 1)]
+    return min_s, best, out
 
 
 class ViewChangeMixin:
@@ -92,6 +115,8 @@ class ViewChangeMixin:
         self._sign(ViewChange(view, self.stable_proof, prepared, self.me))
 
     def _valid_view_change(self: Any, vc: ViewChange) -> bool:
+        """Signature, checkpoint proof and every prepared certificate of ``vc`` (proofs
+        of facts already known are not re-verified)."""
         if vc.sender not in self.members:
             return False
         cp = vc.checkpoint
@@ -103,20 +128,21 @@ class ViewChangeMixin:
                 if mine is None or mine[1] != cp.state_digest:  # else: we hold that state
                     verify_checkpoint(cp, self.members, verify_fn=self.verify)
             for p in vc.prepared:
-                pp = p.pre_prepare
-                if not (cp.seq < pp.seq <= cp.seq + self.cfg.window) or pp.view >= vc.new_view:
+                if not (cp.seq < p.seq <= cp.seq + self.cfg.window) or p.view >= vc.new_view:
                     return False
-                self._note_pre_prepare(pp)
-                fact = (pp.view, pp.seq, pp.digest)
-                if fact in self.known_prepared:  # already proven: only the batch matters
-                    if pp.batch is None or batch_digest(pp.batch) != pp.digest:
-                        return False
-                elif vc.sender != self.me:
-                    verify_prepared(p, self.members, verify_fn=self.verify)
-                    self.known_prepared.add(fact)
+                self._note_pre_prepare(p.pre_prepare())
+                if vc.sender != self.me:
+                    self._check_proof(p)
         except CertificateError:
             return False
         return True
+
+    def _check_proof(self: Any, p: PreparedProof) -> None:
+        """Verify a prepared certificate unless its fact is known; raises CertificateError."""
+        fact = (p.view, p.seq, p.digest)
+        if fact not in self.known_prepared:
+            verify_prepared(p, self.members, verify_fn=self.verify)
+            self.known_prepared.add(fact)
 
     def _note_pre_prepare(self: Any, pp: PrePrepare) -> None:
         """A pre-prepare seen inside a prepared certificate that conflicts with the one we
@@ -177,11 +203,16 @@ class ViewChangeMixin:
         vcs = (votes[self.me], *others)
         if max(vc.checkpoint.seq for vc in vcs) > self.last_executed:
             return  # behind the quorum: its state may name another primary (_caught_up)
-        _min_s, o = compute_new_view(v, self.me, vcs)
+        summaries = tuple(vc.summary() for vc in vcs)
+        _min_s, chosen, o = compute_new_view(v, self.me, summaries)
+        have = {(p.seq, p.view, p.digest): p for vc in vcs for p in vc.prepared}
+        proofs = tuple(have[(e.seq, e.view, e.digest)] for _, e in sorted(chosen.items()))
+        cp = max((vc.checkpoint for vc in vcs), key=lambda c: c.seq)
         self.nv_building = v
-        self._nv_parts = {"view": v, "vcs": vcs, "o": [None] * len(o), "left": len(o)}
+        self._nv_parts = {"view": v, "head": (summaries, cp, proofs), "o": [None] * len(o),
+                          "left": len(o)}
         if not o:
-            self._sign(NewView(v, vcs, (), self.me))
+            self._sign(NewView(v, summaries, cp, proofs, (), self.me))
             return
         for i, pp in enumerate(o):
             self._sign_then(pp, lambda m, i=i: self._nv_part(v, i, m))
@@ -193,14 +224,14 @@ class ViewChangeMixin:
         parts["o"][i] = pp
         parts["left"] -= 1
         if parts["left"] == 0:
-            self._sign(NewView(view, parts["vcs"], tuple(parts["o"]), self.me))
+            self._sign(NewView(view, *parts["head"], tuple(parts["o"]), self.me))
 
     def _step_new_view(self: Any, nv: NewView, sender: str) -> None:
         if nv.view < self.view or (nv.view == self.view and not self.in_view_change):
             self._drop(sender, "stale-view")
             return
         if nv.sender != self.primary(nv.view):
-            if max((vc.checkpoint.seq for vc in nv.view_changes), default=0) > \
+            if max((vc.ckpt_seq for vc in nv.view_changes), default=0) > \
                     self.last_executed:
                 # behind the quorum: the primary we compute may be stale; retry the
                 # NEW-VIEW once state transfer caught us up (_caught_up)
@@ -214,25 +245,55 @@ class ViewChangeMixin:
         self._enter_view(nv)
 
     def _valid_new_view(self: Any, nv: NewView) -> bool:
-        if not self.members.check_signed(nv, self.verify):
+        """Check a NEW-VIEW from the view's primary (TOCS 4.4): its signature, a quorum of
+        validly signed VIEW-CHANGE summaries for its view, the proof of their highest
+        checkpoint, a valid prepared certificate for every re-proposed entry, and ``O``
+        equal to what the summaries determine."""
+        m = self.members
+        if not m.check_signed(nv, self.verify):
             return False
-        senders = {vc.sender for vc in nv.view_changes}
-        if len(senders) != len(nv.view_changes) or len(senders) < self.members.quorum:
+        vcs = nv.view_changes
+        if len({vc.sender for vc in vcs}) != len(vcs) or len(vcs) < m.quorum:
             return False
-        for vc in nv.view_changes:
-            if vc.new_view != nv.view:
+        known = self.vc_votes.get(nv.view, {})
+        window = self.cfg.window
+        for vc in vcs:
+            key = m.key(vc.sender)
+            if vc.new_view != nv.view or key is None:
                 return False
-            known = self.vc_votes.get(nv.view, {}).get(vc.sender)
-            if known != vc and not self._valid_view_change(vc):
+            if any(not (vc.ckpt_seq < e.seq <= vc.ckpt_seq + window) or e.view >= nv.view
+                   for e in vc.prepared):
                 return False
-        _min_s, o = compute_new_view(nv.view, nv.sender, nv.view_changes)
-        if len(o) != len(nv.pre_prepares):
+            mine = known.get(vc.sender)
+            if mine is not None and mine.sig == vc.sig and \
+                    mine.signing_bytes() == vc.signing_bytes():
+                continue  # the VIEW-CHANGE we verified on receipt
+            if not self.verify(key, vc.signing_bytes(), vc.sig):
+                return False
+        min_s, chosen, o = compute_new_view(nv.view, nv.sender, vcs)
+        cp = nv.checkpoint
+        if cp.seq != min_s or not any((vc.ckpt_seq, vc.ckpt_digest) == (cp.seq, cp.state_digest)
+                                      for vc in vcs):
             return False
-        for mine, theirs in zip(o, nv.pre_prepares, strict=True):
-            if (mine.seq, mine.digest, mine.batch) != (theirs.seq, theirs.digest, theirs.batch):
+        if len(nv.proofs) != len(chosen) or len(nv.pre_prepares) != len(o):
+            return False
+        try:
+            mine_cp = self.snapshots.get(cp.seq)
+            if mine_cp is None or mine_cp[1] != cp.state_digest:
+                verify_checkpoint(cp, m, verify_fn=self.verify)
+            for p, (_, e) in zip(nv.proofs, sorted(chosen.items()), strict=True):
+                if (p.seq, p.view, p.digest) != (e.seq, e.view, e.digest):
+                    return False
+                self._check_proof(p)
+        except CertificateError:
+            return False
+        for want, got in zip(o, nv.pre_prepares, strict=True):
+            same = (want.view, want.seq, want.digest, want.sender) == \
+                (got.view, got.seq, got.digest, got.sender)
+            if not same or not m.check_signed(got, self.verify):
                 return False
-            if theirs.view != nv.view or not self.members.check_signed(theirs, self.verify):
-                return False
+        for p in nv.proofs:
+            self._note_pre_prepare(p.pre_prepare())
         return True
 
     def _enter_view(self: Any, nv: NewView) -> None:
@@ -247,7 +308,7 @@ class ViewChangeMixin:
             self._persist("view", self.low, encode([nv.view, nv.sender]))
         for v in [v for v in self.vc_votes if v <= nv.view]:
             del self.vc_votes[v]
-        best = max(nv.view_changes, key=lambda vc: vc.checkpoint.seq).checkpoint
+        best = nv.checkpoint
         # O owns every sequence number up to max_s: claim them before anything below can
         # let the primary cut a new batch (a second pre-prepare for one (v, n))
         top = max([best.seq, *[pp.seq for pp in nv.pre_prepares]])
@@ -256,20 +317,31 @@ class ViewChangeMixin:
         for q, s in self.slots.items():
             if q > self.last_executed and s.pp is not None and s.cert is None:
                 s.pp = None  # lower-view pre-prepares are superseded by O
-        for pp in nv.pre_prepares:
+        o = [self._with_batch(pp) for pp in nv.pre_prepares]
+        for pp in o:
             for r in pp.batch.requests if pp.batch is not None else ():
                 self.inflight[(r.client, r.rid)] = pp.seq
         self.entering = True
         try:
             if best.seq > self.low:
                 self._on_stable_proof(best)
-            for pp in nv.pre_prepares:
+            for pp in o:
                 if self.low < pp.seq <= self.high:
                     self._accept_pre_prepare(pp)
         finally:
             self.entering = False
         self._arm_timer()
         self._maybe_propose()
+
+    def _with_batch(self: Any, pp: PrePrepare) -> PrePrepare:
+        """``pp`` (from a NEW-VIEW, no batch) with its batch attached when this replica
+        holds it (a null batch it can rebuild)."""
+        slot = self.slots.get(pp.seq)
+        batch = slot.batches.get(pp.digest) if slot is not None else None
+        if batch is None:
+            null = Batch(pp.view, pp.sender, (), ())
+            batch = null if batch_digest(null) == pp.digest else None
+        return pp if batch is None else dataclasses.replace(pp, batch=batch)
 
     def _caught_up(self: Any) -> None:
         """Executed more while changing views: the primary of the new view may now be

@@ -7,8 +7,6 @@ passing, pytest reports XPASS as a failure, and the marker should then be remove
 
 from __future__ import annotations
 
-import pytest
-
 from consensus.leader import Reputation
 from consensus.messages import Batch
 from consensus.quorum import Membership
