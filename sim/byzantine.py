@@ -206,7 +206,9 @@ class Coordinator:
 
 
 class SilentProcess(BaseProcess):
-    """A Byzantine node that says nothing."""
+    """A Byzantine node that says nothing (and ignores what it is sent)."""
+
+    ignores_messages = True
 
 
 class ByzantineProcess(PbftProcess):

@@ -262,7 +262,8 @@ class NetworkConfig:
 
 @dataclasses.dataclass
 class NetworkStats:
-    """Counters (messages unless named bytes)."""
+    """Counters (messages unless named bytes). ``ignored``: sent to a node whose process
+    ignores every message (:attr:`Network.ignoring`), so never scheduled."""
 
     sent: int = 0
     delivered: int = 0
@@ -271,6 +272,7 @@ class NetworkStats:
     duplicated: int = 0
     reordered: int = 0
     bytes_sent: int = 0
+    ignored: int = 0
 
 
 Receiver = Callable[[int, int, bytes, Any], None]
@@ -300,6 +302,9 @@ class Network:
         self._last_arrival: dict[tuple[int, int], float] = {}
         self._link_free: dict[tuple[int, int], float] = {}
         self._tracing = engine.tracing
+        #: Nodes whose process ignores every message: copies to them are counted in
+        #: ``stats.ignored`` and dropped at send (maintained by :class:`sim.world.World`).
+        self.ignoring: set[int] = set()
 
     # -- partitions -----------------------------------------------------------------
     def schedule(self, item: Partition | LinkCut) -> None:
@@ -371,12 +376,16 @@ class Network:
         fast = not (cfg.duplicate or cfg.loss or cfg.bandwidth_bps or cfg.jitter_s
                     or cfg.reorder or self._tracing or self._windows)
         constant = type(cfg.latency) is Constant and cfg.fifo
+        ignoring = self.ignoring
         if fast and constant:
             latency, last_arrival = cfg.latency.latency_s, self._last_arrival
             for dst in dests:
                 depart_s += step_s
                 stats.sent += 1
                 stats.bytes_sent += size
+                if dst in ignoring:
+                    stats.ignored += 1
+                    continue
                 if src == dst:
                     push(depart_s, arrive, src, dst, payload, (tag, depart_s))
                     continue
@@ -399,6 +408,9 @@ class Network:
         stats = self.stats
         stats.sent += 1
         stats.bytes_sent += len(payload)
+        if dst in self.ignoring:
+            stats.ignored += 1
+            return
         engine = self.engine
         if self._tracing:
             engine.record("send", src, dst, depart_s, len(payload), zlib.crc32(payload))

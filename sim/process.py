@@ -50,6 +50,12 @@ class Context(Protocol):
     @property
     def now(self) -> float: ...
 
+    @property
+    def arrived_s(self) -> float | None:
+        """In ``on_message``: virtual time the message arrived at this node (it may then
+        have waited for the CPU until the handler's start); None elsewhere."""
+        ...
+
     def send(self, dest: int, payload: bytes) -> None:
         """Send ``payload`` to node ``dest``; charges ``encode_s + send_s +
         encode_byte_s*len``.
@@ -130,7 +136,12 @@ class Process(Protocol):
 
 
 class BaseProcess:
-    """Convenience base: no-op handlers; ``on_restart`` calls ``on_start``."""
+    """Convenience base: no-op handlers; ``on_restart`` calls ``on_start``.
+
+    A subclass whose ``on_message`` does nothing at all may set ``ignores_messages =
+    True``: the world then drops messages to it at send time (a speed-up only)."""
+
+    ignores_messages = False
 
     def on_start(self, ctx: Context) -> None:
         return None

@@ -113,6 +113,13 @@ class Host:
         """Local virtual clock (seconds): inside a handler it includes charged work."""
         return self.clock if self._busy else self.engine.now
 
+    @property
+    def arrived_s(self) -> float | None:
+        """Virtual time the message being handled arrived (before it waited for the
+        CPU); None outside ``on_message``."""
+        item = self._item
+        return item[3] if item is not None and item[0] == _MSG else None
+
     # -- Context API ------------------------------------------------------------------
     def send(self, dest: int, payload: bytes) -> None:
         if type(payload) is not bytes:
@@ -227,6 +234,16 @@ class World:
         fresh process object (recommended)."""
         host = self.hosts[node]
         host.process, host.factory = process, factory
+        self._update_ignoring(node, process)
+
+    def _update_ignoring(self, node: int, process: Process | None) -> None:
+        # A process that declares `ignores_messages = True` (e.g. a silent Byzantine
+        # node) gets nothing delivered: the network counts such copies as `ignored`
+        # instead of scheduling arrivals that would have no effect.
+        if getattr(process, "ignores_messages", False):
+            self.network.ignoring.add(node)
+        else:
+            self.network.ignoring.discard(node)
 
     def start(self, at_s: float = 0.0, *, stagger_s: float = 0.0) -> None:
         """Schedule ``on_start`` for every attached node, node i at ``at_s + i*stagger_s``.
@@ -290,6 +307,7 @@ class World:
         host.incarnation += 1
         if host.factory is not None:
             host.process = host.factory(node)
+            self._update_ignoring(node, host.process)
         host.cpu.submit((_RESTART,))
 
     def schedule_crash(self, node: int, at_s: float, restart_at_s: float | None = None) -> None:
@@ -319,7 +337,7 @@ class World:
             if ended is not None and meta[1] > ended:
                 self.dropped_down += 1  # sent after the sender had crashed
                 return
-        host.cpu.submit((_MSG, src, payload))
+        host.cpu.submit((_MSG, src, payload, self.engine.now))
 
     def run(self, until_s: float, **kwargs: Any) -> int:
         """``engine.run(until_s, **kwargs)``; returns events executed."""

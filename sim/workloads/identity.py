@@ -30,7 +30,7 @@ disk, charged again; identities broadcast while it was down are not re-sent: the
 no anti-entropy in this model).
 
 **identity_verify_latency_s**: one sample per (verifier, honest identity): from the
-frame's arrival at the verifier (taken from the network's delivery callback) until the
+frame's arrival at the verifier (``ctx.arrived_s``) until the
 verifier's registry has accepted it, in virtual time, so it includes waiting behind
 other work on that node's CPU (queueing), the message handling cost and the two
 verifications. Identities enrolled at least 1 s before the end that a verifier which
@@ -185,7 +185,7 @@ class IdentityProcess(BaseProcess):
     # -- verifier -------------------------------------------------------------------------
     def on_message(self, ctx: Context, sender: int, payload: bytes) -> None:
         wl = self.wl
-        arrived = wl.arrival(self.node_id, payload, ctx.now)
+        arrived = ctx.arrived_s if ctx.arrived_s is not None else ctx.now
         if self.forger:
             return
         try:
@@ -221,7 +221,6 @@ class IdentityWorkload:
         self.enrolled_at: dict[str, float] = {}  # honest identifier -> enrolment time
         self.not_enrolled = 0
         self.accepted: dict[int, int] = {}
-        self._arrivals: dict[tuple[int, bytes], list[float]] = {}
         self._spec: RunSpec | None = None
         self._world: Any = None
 
@@ -254,7 +253,6 @@ class IdentityWorkload:
         else:
             k = min(len(honest), int(self.verifiers_param))
             self.verifiers = sorted(world.engine.child_rng("id-verifiers").sample(honest, k))
-        self._verifier_set = frozenset(self.verifiers)
         rng = world.engine.child_rng("id-keys")
         self.seeds = [(rng.randbytes(32), rng.randbytes(32)) for _ in range(self.count)]
         forgers = set(spec.byzantine)
@@ -269,35 +267,10 @@ class IdentityWorkload:
 
         for node in range(spec.nodes):
             world.attach(node, make(node), factory=make)
-        self._wrap_delivery(world)
         if honest:
             for i in range(self.count):
                 at = self.enroll_from + self.enroll_over * i / max(1, self.count)
                 world.engine.schedule_at(at, self._enroll, i, honest)
-
-    def _wrap_delivery(self, world: Any) -> None:
-        # The verification latency starts when a frame *arrives* (before it waits for
-        # the node's CPU); the world does not hand that time to processes, so note it
-        # at the network's delivery callback (only frames to verifiers).
-        net = world.network
-        inner = net._receiver
-        engine, verifiers, arrivals = world.engine, self._verifier_set, self._arrivals
-
-        def receiver(src: int, dst: int, payload: bytes, meta: Any) -> None:
-            if dst in verifiers:
-                arrivals.setdefault((dst, payload), []).append(engine.now)
-            inner(src, dst, payload, meta)
-
-        net._receiver = receiver
-
-    def arrival(self, node: int, payload: bytes, now: float) -> float:
-        times = self._arrivals.get((node, payload))
-        if not times:
-            return now
-        t = times.pop(0)
-        if not times:
-            del self._arrivals[(node, payload)]
-        return t
 
     def _enroll(self, index: int, honest: list[int]) -> None:
         world = self._world
