@@ -59,89 +59,21 @@ key is neither a multihash nor 2..50 bytes, and ``/meshnode-id/<PeerId>`` is 51 
 
 from __future__ import annotations
 
-import heapq
 import random
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from node.dht.config import DhtConfig, OutboundRequest, QueryResult, Ready
 from node.dht.handler import Handled, handle_request
-from node.dht.health import PeerHealth
+from node.dht.health import InFlight, PeerHealth, Pending
 from node.dht.keys import kad_key
-from node.dht.lookup import ALPHA, Lookup, LookupStats, ValueLookup
+from node.dht.lookup import Lookup, ValueLookup
 from node.dht.messages import Message, MessageType, PeerInfo, Record
 from node.dht.record_store import RecordInvalid, RecordStore, Validator
-from node.dht.routing_table import MAX_REFRESH_CPL, K, RoutingTable
+from node.dht.routing_table import MAX_REFRESH_CPL, RoutingTable
 
 __all__ = ["DhtConfig", "DhtNode", "OutboundRequest", "QueryResult", "Ready"]
-
-
-@dataclass(frozen=True, slots=True)
-class DhtConfig:
-    """Tunables. Times are seconds on the driver's clock."""
-
-    k: int = K
-    alpha: int = ALPHA
-    #: Hard limit: a request not answered by then fails and is charged to the peer.
-    request_timeout: float = 10.0
-    #: Stall timeout of a lookup request before the first RTT sample (RFC 6298's
-    #: initial RTO), and its floor; see :class:`~node.dht.health.PeerHealth`.
-    stall_initial: float = 1.0
-    stall_floor: float = 0.2
-    #: First and longest backoff lock of a peer whose request failed, seconds.
-    failure_backoff: float = 30.0
-    failure_backoff_max: float = 1800.0
-    #: Peers whose failures are remembered (a liar can name any number of PeerIds).
-    health_capacity: int = 4096
-    refresh_interval: float = 600.0
-    max_records: int = 10_000
-    record_max_age: float = 36 * 3600.0
-    bootstrap_rounds: int = 2
-    #: Disjoint lookup paths (S/Kademlia; see :mod:`node.dht.lookup`), 1 = plain.
-    #: Two paths ask about twice as many peers near the target, which is what lets a
-    #: node meet its k closest honest peers when liars crowd its neighbourhood (measured
-    #: in the simulator's discovery workload).
-    disjoint_paths: int = 2
-    #: After the first bootstrap round found peers, refresh once every bucket farther
-    #: away than the closest neighbour (Kademlia paper section 2.3; at most up to
-    #: MAX_REFRESH_CPL), while the second round runs. "Closest" is not symmetric in
-    #: Kademlia: without this, a newcomer's true neighbours may never learn of it
-    #: (measured in the simulator).
-    refresh_on_join: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class OutboundRequest:
-    """Send ``message`` to ``peer`` (PeerId + known multiaddrs); report the answer or
-    failure with :meth:`DhtNode.on_response` / :meth:`DhtNode.on_failure`."""
-
-    request_id: int
-    peer: PeerInfo
-    message: Message
-
-
-@dataclass(frozen=True, slots=True)
-class QueryResult:
-    """A finished query. ``kind``: "find_node", "get_value" or "put_value";
-    ``target``: the 32-byte Kademlia key looked up; ``closest``: peers that answered,
-    nearest first; ``value``: best record value for get_value (None if not found);
-    ``stored``: peers that acknowledged a put_value; ``stats``: lookup counters."""
-
-    query_id: int
-    kind: str
-    target: bytes
-    closest: tuple[PeerInfo, ...]
-    value: bytes | None = None
-    stored: int = 0
-    stats: LookupStats | None = None
-
-
-@dataclass(slots=True)
-class Ready:
-    """Effects for the driver: requests to send, queries finished."""
-
-    requests: list[OutboundRequest] = field(default_factory=list)
-    finished: list[QueryResult] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -157,17 +89,6 @@ class _Query:
     stored: int = 0
     rounds_left: int = 0  # further self-lookups of a bootstrap
     forced: frozenset[bytes] = frozenset()  # seeds asked even when locked
-
-
-@dataclass(slots=True)
-class _Pending:
-    peer: PeerInfo
-    query_id: int | None  # None: liveness ping or entry correction
-    expected: MessageType
-    sent_at: float
-    deadline: float
-    stall_at: float | None = None  # lookup requests only
-    stalled: bool = False
 
 
 class DhtNode:
@@ -201,9 +122,7 @@ class DhtNode:
         self.validator = validator
         self.counters: Counter[str] = Counter()
         self._queries: dict[int, _Query] = {}
-        self._pending: dict[int, _Pending] = {}
-        self._deadlines: list[tuple[float, int]] = []  # heap of (time, request id)
-        self._stalled: Counter[bytes] = Counter()  # peer -> open stalled requests
+        self._pending = InFlight()
         self._now = now
         self._ready = Ready()
         self._next_id = 1
@@ -280,11 +199,10 @@ class DhtNode:
     def on_response(self, request_id: int, msg: Message, *, now: float) -> None:
         """The answer to request ``request_id`` arrived (decoded)."""
         self._now = now
-        pending = self._pending.pop(request_id, None)
+        pending = self._pending.pop(request_id)
         if pending is None:
             self.counters["late_or_unknown_response"] += 1
             return
-        self._unstall(pending)
         if msg.type is not pending.expected:
             self.counters["wrong_response_type"] += 1
             self._fail(pending, now)
@@ -313,28 +231,20 @@ class DhtNode:
         """Request ``request_id`` failed (dial error, stream reset, malformed answer);
         ``reason`` names it in :attr:`counters` (``fail_<reason>``)."""
         self._now = now
-        pending = self._pending.pop(request_id, None)
+        pending = self._pending.pop(request_id)
         if pending is not None:
             self.counters[f"fail_{reason}"] += 1
-            self._unstall(pending)
             self._fail(pending, now)
 
     def tick(self, now: float) -> None:
         """Time advanced to ``now``: stall slow lookup requests, time out requests,
         start due bucket refreshes, expire records."""
         self._now = now
-        heap = self._deadlines
-        while heap and heap[0][0] <= now:
-            _, rid = heapq.heappop(heap)
-            pending = self._pending.get(rid)
-            if pending is None:
-                continue
-            if pending.deadline <= now:
-                del self._pending[rid]
+        for _, pending, hard in list(self._pending.due(now)):
+            if hard:
                 self.counters["timeouts"] += 1
-                self._unstall(pending)
                 self._fail(pending, now)
-            elif not pending.stalled and pending.stall_at is not None:
+            else:
                 self._stall(pending)
         for index in self.table.due_refreshes(now):
             self.table.mark_refreshed(index, now=now)
@@ -352,15 +262,9 @@ class DhtNode:
         """The earliest time (seconds, the driver's clock) at which :meth:`tick` has
         work: a stall or hard deadline, a bucket refresh or the record expiry scan.
         Calling :meth:`tick` earlier is harmless; later only delays those."""
-        heap = self._deadlines
-        while heap:
-            at, rid = heap[0]
-            pending = self._pending.get(rid)
-            if pending is not None and (at >= pending.deadline or not pending.stalled):
-                break
-            heapq.heappop(heap)  # answered, or a stall deadline already handled
         due = min(self.table.next_refresh_due(), self._next_expiry)
-        return min(heap[0][0], due) if heap else due
+        deadline = self._pending.next_deadline()
+        return due if deadline is None else min(deadline, due)
 
     def ready(self) -> Ready:
         """Effects not yet acknowledged (a copy)."""
@@ -391,10 +295,10 @@ class DhtNode:
 
     def _avoid(self, peer_id: bytes) -> bool:
         """Not to be asked by a lookup now: in backoff, or a request to it is stalled."""
-        return self._stalled[peer_id] > 0 or self.health.locked(peer_id, self._now)
+        return peer_id in self._pending.stalled_peers or self.health.locked(peer_id, self._now)
 
     def _seeds(self, target: bytes) -> list[PeerInfo]:
-        contacts = self.table.closest(target, self.config.k, exclude=self._stalled,
+        contacts = self.table.closest(target, self.config.k, exclude=self._pending.stalled_peers,
                                       skip_stale=self._locked)
         return [PeerInfo(c.peer_id, c.addrs) for c in contacts]
 
@@ -427,32 +331,20 @@ class DhtNode:
     def _send(self, peer: PeerInfo, msg: Message, query_id: int | None, now: float,
               *, stall: bool = False) -> None:
         rid = self._new_id()
-        pending = _Pending(peer, query_id, msg.type, now, now + self.config.request_timeout)
-        if stall:
-            pending.stall_at = now + self.health.stall_timeout()
-            heapq.heappush(self._deadlines, (pending.stall_at, rid))
-        heapq.heappush(self._deadlines, (pending.deadline, rid))
-        self._pending[rid] = pending
+        pending = Pending(peer, query_id, msg.type, now, now + self.config.request_timeout,
+                          now + self.health.stall_timeout() if stall else None)
+        self._pending.add(rid, pending)
         self._ready.requests.append(OutboundRequest(rid, peer, msg))
         self.counters[f"out_{msg.type.name.lower()}"] += 1
 
-    def _stall(self, pending: _Pending) -> None:
+    def _stall(self, pending: Pending) -> None:
         query = self._queries.get(pending.query_id) if pending.query_id is not None else None
         if query is None or query.put_pending is not None:
             return  # the lookup is over: nothing waits for this request
-        pending.stalled = True
-        self._stalled[pending.peer.peer_id] += 1
+        self._pending.mark_stalled(pending)
         self.counters["stalls"] += 1
         query.lookup.on_stall(pending.peer.peer_id)
         self._pump(query, self._now)
-
-    def _unstall(self, pending: _Pending) -> None:
-        if pending.stalled:
-            pending.stalled = False
-            peer_id = pending.peer.peer_id
-            self._stalled[peer_id] -= 1
-            if self._stalled[peer_id] <= 0:
-                del self._stalled[peer_id]
 
     def _request_for(self, query: _Query) -> Message:
         kind = MessageType.FIND_NODE if query.kind == "find_node" else MessageType.GET_VALUE
@@ -562,7 +454,7 @@ class DhtNode:
             addrs = contact.addrs if contact is not None else ()
             self._send(PeerInfo(result.ping, addrs), Message(MessageType.PING), None, now)
 
-    def _fail(self, pending: _Pending, now: float) -> None:
+    def _fail(self, pending: Pending, now: float) -> None:
         self.counters["failures"] += 1
         peer_id = pending.peer.peer_id
         self.health.failed(peer_id, now=now)

@@ -1,4 +1,4 @@
-"""Per-peer failure backoff and the node's round-trip-time estimate (pure).
+"""Per-peer failure backoff, the RTT estimate and the requests in flight (pure).
 
 Theory of operation
 -------------------
@@ -25,14 +25,24 @@ fabricated PeerIds a lying peer hands out:
   removed from consideration until and unless they do respond"); the request still
   fails only at the hard ``request_timeout``.
 
+:class:`InFlight` holds the node's outstanding requests with their two deadlines (a
+lazy heap, so finding what is due costs ``O(log n)``) and counts, per peer, the
+requests that stalled and are still open: lookups do not ask such a peer again until
+it answers or fails.
+
 Time is an input: ``now`` and every duration are seconds on the driver's clock.
 """
 
 from __future__ import annotations
 
+import heapq
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-__all__ = ["PeerHealth"]
+from node.dht.messages import MessageType, PeerInfo
+
+__all__ = ["InFlight", "PeerHealth", "Pending"]
 
 
 @dataclass(slots=True)
@@ -109,3 +119,78 @@ class PeerHealth:
             return self.initial
         value = max(2.0 * self.srtt, self.srtt + 4.0 * self.rttvar)
         return min(max(value, self.floor), self.ceiling)
+
+
+@dataclass(slots=True)
+class Pending:
+    """One request in flight: to ``peer``, for query ``query_id`` (None: a liveness
+    ping or an entry correction), expecting an answer of type ``expected``; sent at
+    ``sent_at``, failed at ``deadline``, stalled at ``stall_at`` (None: never)."""
+
+    peer: PeerInfo
+    query_id: int | None
+    expected: MessageType
+    sent_at: float
+    deadline: float
+    stall_at: float | None = None
+    stalled: bool = False
+
+
+class InFlight:
+    """Requests in flight by request id (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._pending: dict[int, Pending] = {}
+        self._heap: list[tuple[float, int]] = []  # (deadline or stall time, request id)
+        self.stalled_peers: Counter[bytes] = Counter()  # peer -> open stalled requests
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def add(self, request_id: int, pending: Pending) -> None:
+        """Track ``pending`` under ``request_id`` (unique, never reused)."""
+        self._pending[request_id] = pending
+        if pending.stall_at is not None:
+            heapq.heappush(self._heap, (pending.stall_at, request_id))
+        heapq.heappush(self._heap, (pending.deadline, request_id))
+
+    def pop(self, request_id: int) -> Pending | None:
+        """Stop tracking a request (answered or failed); None when unknown (late)."""
+        pending = self._pending.pop(request_id, None)
+        if pending is not None and pending.stalled:
+            peer_id = pending.peer.peer_id
+            self.stalled_peers[peer_id] -= 1
+            if self.stalled_peers[peer_id] <= 0:
+                del self.stalled_peers[peer_id]
+        return pending
+
+    def mark_stalled(self, pending: Pending) -> None:
+        """Count ``pending`` (tracked, not yet stalled) as stalled until it is popped."""
+        pending.stalled = True
+        self.stalled_peers[pending.peer.peer_id] += 1
+
+    def due(self, now: float) -> Iterator[tuple[int, Pending, bool]]:
+        """Requests with a deadline ``<= now``, earliest first, as ``(request id,
+        pending, hard)``: ``hard`` means it failed (and is no longer tracked), otherwise
+        its stall time passed (it still is). Stall times already handled are skipped."""
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, rid = heapq.heappop(heap)
+            pending = self._pending.get(rid)
+            if pending is None:
+                continue
+            if pending.deadline <= now:
+                yield rid, self.pop(rid), True  # type: ignore[misc]
+            elif not pending.stalled:
+                yield rid, pending, False
+
+    def next_deadline(self) -> float | None:
+        """The earliest pending stall or hard deadline, or None."""
+        heap = self._heap
+        while heap:
+            at, rid = heap[0]
+            pending = self._pending.get(rid)
+            if pending is not None and (at >= pending.deadline or not pending.stalled):
+                return at
+            heapq.heappop(heap)  # answered, or a stall time already handled
+        return None
