@@ -3,7 +3,10 @@
 ``sim run --nodes 100 --byzantine 0.33 [--seed S] [--duration 60s] [--latency ...]
 [--loss ...] [--partition ...] [--crash ...] [--scenario FILE] [--report-json PATH]
 [--plot DIR] [--allow-unsafe] [--workload NAME] [--cost ...] [--load RATE[:SIZE]]
-[--adversary NAME[:k=v,...][@NODES]] [--param k=v]``
+[--adversary NAME[:k=v,...][@NODES]] [--param k=v] [--jobs N]``
+
+Without ``--workload`` and ``--scenario`` it runs the suite (:mod:`sim.suite`): every
+target (consensus, partition, discovery, identity, tasks) in parallel phases.
 ``sim calibrate``: measure crypto and codec costs on this machine.
 
 Exit codes: 0 all targets met and safe; 1 a target missed; 2 a safety invariant broke,
@@ -62,10 +65,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--nodes", type=int, help="number of nodes (default 100)")
     run.add_argument("--byzantine", type=float, help="fraction of Byzantine nodes (floor)")
     run.add_argument("--seed", type=int, help="RNG seed (default 1)")
-    run.add_argument("--duration", help="virtual time to simulate, e.g. 60s (default 60s)")
-    run.add_argument("--workload", help="pbft (default: consensus commit latency and "
-                     "partitions), discovery (Kademlia), identity (10,000 identities), "
-                     "tasks (mesh tasks over PBFT), or selftest-echo")
+    run.add_argument("--duration", help="virtual time to simulate, e.g. 60s (default 60s; "
+                     "in the suite: the consensus phase)")
+    run.add_argument("--workload", help="one workload instead of the default suite of every "
+                     "target: pbft (consensus commit latency, partitions), discovery "
+                     "(Kademlia), identity (10,000 identities), tasks (mesh tasks over "
+                     "PBFT), or selftest-echo")
+    run.add_argument("--jobs", type=int, help="suite only: phases run in parallel in this "
+                     "many processes (default: the number of CPUs)")
     run.add_argument("--latency", help="50ms | uniform:LO:HI | lognormal:MED:SIGMA | "
                                        "regions:K:INTRA:INTER (default 50ms)")
     run.add_argument("--jitter", help="extra uniform(0, J) delay per message")
@@ -209,8 +216,17 @@ def _adversary_flag(text: str, n: int) -> AdversarySpec:
     return AdversarySpec(name, chosen, params)
 
 
+def _is_suite(args: argparse.Namespace) -> bool:
+    return args.workload is None and args.scenario is None
+
+
 def _run(args: argparse.Namespace) -> int:
     from sim import runner  # imported late: `sim --help` stays fast
+
+    if args.jobs is not None and args.jobs < 1:
+        _fail(f"--jobs {args.jobs} must be at least 1")
+    if _is_suite(args):
+        return _run_suite(args)
 
     try:
         spec = build_spec(args)
@@ -253,6 +269,56 @@ def _run(args: argparse.Namespace) -> int:
     if args.plot:
         plot.write(args.plot, result, decisions)
     return result.exit_code
+
+
+def _run_suite(args: argparse.Namespace) -> int:
+    from sim import suite
+
+    try:
+        totals = suite.durations(args)
+    except (ValueError, ScenarioError) as exc:
+        _fail(str(exc))
+    except WorkloadMissing as exc:
+        _fail(str(exc), EXIT_MISSING)
+    if args.plot:
+        from sim import plot
+
+        if not plot.available():
+            _fail("--plot needs matplotlib, which is not installed (pip install matplotlib)")
+    console = Console()
+    console.width = max(console.width, 140)
+    with Progress(
+        TextColumn("[bold]sim[/bold] {task.description:<10}"), BarColumn(),
+        TextColumn("{task.completed:.1f}/{task.total:.0f} s virtual"), TimeElapsedColumn(),
+        console=Console(stderr=True), disable=args.no_progress, transient=True,
+    ) as progress:
+        bars = {name: progress.add_task(name, total=totals[name]) for name in suite.PHASES}
+        try:
+            results, wall = suite.run_suite(
+                args, jobs=args.jobs, plot=bool(args.plot),
+                on_progress=lambda name, now: progress.update(bars[name], completed=now),
+            )
+        except ValueError as exc:
+            _fail(str(exc))
+    targets, violations = suite.suite_targets(results)
+    rep.render(console, targets, violations)
+    for r in results:
+        cfg = r.report["config"]
+        console.print(
+            f"{r.name:<10} {cfg['workload']:<9} {cfg['nodes']} nodes, {cfg['byzantine']} "
+            f"Byzantine, {cfg['duration_s']:g}s virtual: {r.events} events, "
+            f"{r.report['decisions']} decisions, {r.wall_s:.1f}s wall", markup=False)
+    console.print(f"seed {results[0].spec.seed}: suite {wall:.1f}s wall", markup=False)
+    if args.report_json:
+        rep.write_json(args.report_json, suite.suite_report(results, wall))
+    if args.plot:
+        from sim import plot
+
+        for r in results:
+            if r.name in ("consensus", "partition"):
+                plot.write_plots(args.plot, r.latencies, r.spec, r.decisions,
+                                 prefix="" if r.name == "consensus" else f"{r.name}-")
+    return rep.exit_code(targets, violations)
 
 
 def _calibrate() -> int:

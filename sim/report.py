@@ -119,6 +119,8 @@ class Target:
     percentile: float = 99.0
     measured_s: float | None = None
     note: str = ""
+    #: The suite phase that measured it ("" outside the suite, see :mod:`sim.suite`).
+    phase: str = ""
 
     @property
     def measured(self) -> float | None:
@@ -137,7 +139,7 @@ class Target:
             "name": self.name, "limit_s": self.limit_s,
             "measured_s": None if m == math.inf else m,
             "percentile": self.percentile, "met": self.met, "note": self.note,
-        }
+        } | ({"phase": self.phase} if self.phase else {})
 
 
 def exit_code(targets: Iterable[Target], violations: Iterable[Violation]) -> int:
@@ -159,6 +161,9 @@ def _fmt(value: float | None) -> str:
 def render(console: Console, targets: Sequence[Target], violations: Sequence[Violation]) -> None:
     """Print the targets table and the first safety violation (if any) to ``console``."""
     table = Table(title="simulation targets")
+    phases = any(t.phase for t in targets)
+    if phases:
+        table.add_column("phase", no_wrap=True)
     table.add_column("target", no_wrap=True)
     for col in ("limit", "p50", "p95", "p99", "n", "result"):
         table.add_column(col, justify="right", no_wrap=True)
@@ -169,7 +174,8 @@ def render(console: Console, targets: Sequence[Target], violations: Sequence[Vio
             p = [None, None, t.measured_s]
         result = "[green]met[/green]" if t.met else "[red]missed[/red]"
         table.add_row(
-            Text(f"{t.name} [p{t.percentile:g}]"), _fmt(t.limit_s), *(_fmt(x) for x in p),
+            *([t.phase] if phases else []), Text(f"{t.name} [p{t.percentile:g}]"),
+            _fmt(t.limit_s), *(_fmt(x) for x in p),
             str(rec.count + rec.unfinished if rec else "-"), result,
         )
     console.print(table)

@@ -44,8 +44,8 @@ def test_bad_pbft_flags_exit_2(capsys, argv, message):
 
 def test_report_json_has_the_issue_fields(tmp_path, capsys):
     path = tmp_path / "r.json"
-    code = main(["run", "--nodes", "4", "--duration", "3s", "--latency", "50ms",
-                 "--no-progress", "--report-json", str(path)])
+    code = main(["run", "--workload", "pbft", "--nodes", "4", "--duration", "3s",
+                 "--latency", "50ms", "--no-progress", "--report-json", str(path)])
     rep = json.loads(path.read_text())
     assert code == 0 == rep["exit_code"]
     assert rep["config"]["nodes"] == 4 and rep["config"]["workload"] == "pbft"
