@@ -300,7 +300,7 @@ class DhtNode:
     def _seeds(self, target: bytes) -> list[PeerInfo]:
         contacts = self.table.closest(target, self.config.k, exclude=self._pending.stalled_peers,
                                       skip_stale=self._locked)
-        return [PeerInfo(c.peer_id, c.addrs) for c in contacts]
+        return [c.peer_info() for c in contacts]
 
     def _lookup(self, target: bytes, seeds: Iterable[PeerInfo],
                 forced: frozenset[bytes]) -> Lookup:

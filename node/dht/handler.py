@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from node.dht.keys import kad_key
 from node.dht.messages import Message, MessageType, PeerInfo
 from node.dht.record_store import RecordInvalid, RecordStore
-from node.dht.routing_table import Contact, RoutingTable
+from node.dht.routing_table import RoutingTable
 
 __all__ = ["Handled", "handle_request"]
 
@@ -44,14 +44,10 @@ class Handled:
     rejected: str | None = None
 
 
-def _peer(contact: Contact) -> PeerInfo:
-    return PeerInfo(contact.peer_id, contact.addrs)
-
-
 def _closer(table: RoutingTable, key: bytes, requester: bytes,
             skip: Callable[[bytes], bool] | None) -> tuple[PeerInfo, ...]:
     contacts = table.closest(kad_key(key), table.k, exclude=(requester,), skip_stale=skip)
-    return tuple(_peer(c) for c in contacts)
+    return tuple(c.peer_info() for c in contacts)
 
 
 def _find_node(msg: Message, table: RoutingTable, local: PeerInfo, requester: bytes,
@@ -61,7 +57,7 @@ def _find_node(msg: Message, table: RoutingTable, local: PeerInfo, requester: by
         if msg.key == local.peer_id:
             peers = (local, *peers)
         elif (exact := table.get(msg.key)) is not None:
-            peers = (_peer(exact), *peers)
+            peers = (exact.peer_info(), *peers)
     return Message(MessageType.FIND_NODE, key=msg.key, closer_peers=peers)
 
 

@@ -144,6 +144,9 @@ class Lookup:
         self._entries: dict[bytes, _Entry] = {}
         self._sorted: list[_Entry] = []  # by distance to the target
         self._distances: list[int] = []  # parallel to _sorted, for bisect
+        # per path: the live peers it may use, by distance (+ distances, for bisect)
+        self._live: list[list[_Entry]] = [[] for _ in range(paths)]
+        self._live_distances: list[list[int]] = [[] for _ in range(paths)]
         self._avoid = avoid
         self.paths = paths
         self._in_flight = [0] * paths  # per path
@@ -155,6 +158,7 @@ class Lookup:
         if paths > 1:  # deal the seeds round-robin, nearest first
             for rank, entry in enumerate(self._sorted):
                 entry.known_by = 1 << (rank % paths)
+                self._sync(entry)
 
     # -- driver inputs ---------------------------------------------------------------
 
@@ -176,10 +180,13 @@ class Lookup:
                         continue
                     if avoid is not None and avoid(entry.info.peer_id):
                         entry.avoided = True  # locked or stalled since it was added
+                        self._sync(entry)
                         rescan = True
                         break
                     entry.state = PeerState.WAITING
                     entry.path = path
+                    if self.paths > 1:
+                        self._sync(entry)  # used by this path: out of the others
                     in_flight[path] += 1
                     self._queries += 1
                     chosen.append(entry.info)
@@ -193,9 +200,19 @@ class Lookup:
         if entry is None:
             return
         entry.state = PeerState.SUCCEEDED
+        self._sync(entry)
         self._responses += 1
+        entries, hop, path = self._entries, entry.hop + 1, entry.path
         for info in closer_peers[: self.max_peers_per_response]:
-            self._add(info, hop=entry.hop + 1, path=entry.path)
+            known = entries.get(info.peer_id)
+            if known is None:
+                self._add(info, hop=hop, path=path)
+                continue
+            if hop < known.hop:
+                known.hop = hop
+            if not known.known_by >> path & 1:
+                known.known_by |= 1 << path
+                self._sync(known)
 
     def on_failure(self, peer_id: bytes) -> None:
         """The request to ``peer_id`` failed or timed out. Ignored unless in flight."""
@@ -203,6 +220,7 @@ class Lookup:
         if entry is None:
             return
         entry.state = PeerState.FAILED
+        self._sync(entry)
         self._failures += 1
 
     def on_stall(self, peer_id: bytes) -> None:
@@ -212,9 +230,9 @@ class Lookup:
         if entry is None or entry.state is not PeerState.WAITING:
             return
         entry.state = PeerState.STALLED
+        self._sync(entry)
         self._in_flight[entry.path] -= 1
         self._stalls += 1
-        self._finished = None
 
     def cancel(self) -> None:
         """Stop the lookup: no more queries; :attr:`finished` becomes True."""
@@ -275,10 +293,11 @@ class Lookup:
             return
         known = self._entries.get(pid)
         if known is not None:
-            known.hop = min(known.hop, hop)
+            if hop < known.hop:
+                known.hop = hop
             if not known.known_by >> path & 1:
                 known.known_by |= 1 << path
-                self._finished = None
+                self._sync(known)
             return
         distance = key_to_int(kad_key(pid)) ^ self._target
         avoided = self._avoid is not None and self._avoid(pid)
@@ -287,23 +306,31 @@ class Lookup:
         at = bisect.bisect(self._distances, distance)
         self._distances.insert(at, distance)
         self._sorted.insert(at, entry)
+        self._sync(entry)
+
+    def _sync(self, entry: _Entry) -> None:
+        """Put ``entry`` into, or take it out of, each path's live list after a change:
+        a path may use a peer it knows that no other path asked, unless it FAILED,
+        STALLED or is an avoided candidate."""
+        state = entry.state
+        live = (state is PeerState.CANDIDATE and not entry.avoided) or (
+            state is PeerState.WAITING or state is PeerState.SUCCEEDED)
+        distance = entry.distance
+        for path in range(self.paths):
+            eligible = live and entry.known_by >> path & 1 and entry.path in (-1, path)
+            distances = self._live_distances[path]
+            at = bisect.bisect_left(distances, distance)
+            present = at < len(distances) and distances[at] == distance
+            if eligible and not present:
+                distances.insert(at, distance)
+                self._live[path].insert(at, entry)
+            elif present and not eligible:
+                del distances[at]
+                del self._live[path][at]
         self._finished = None
 
     def _k_closest_live(self, path: int = 0) -> list[_Entry]:
-        out: list[_Entry] = []
-        k, every = self.k, self.paths == 1
-        candidate, waiting, succeeded = (
-            PeerState.CANDIDATE, PeerState.WAITING, PeerState.SUCCEEDED)
-        for entry in self._sorted:
-            if not every and (not entry.known_by >> path & 1 or entry.path not in (-1, path)):
-                continue
-            state = entry.state
-            if (state is candidate and not entry.avoided) or state is waiting or (
-                    state is succeeded):
-                out.append(entry)
-                if len(out) == k:
-                    break
-        return out
+        return self._live[path][: self.k]
 
     def _take_in_flight(self, peer_id: bytes) -> _Entry | None:
         entry = self._entries.get(peer_id)

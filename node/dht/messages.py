@@ -7,7 +7,7 @@ and out of protobuf bytes. All are frozen and hashable; sequences are tuples.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 
 __all__ = ["ConnectionType", "Message", "MessageType", "PeerInfo", "Record"]
@@ -36,11 +36,14 @@ class ConnectionType(IntEnum):
 @dataclass(frozen=True, slots=True)
 class PeerInfo:
     """``Message.Peer``: ``peer_id`` is a binary PeerId (multihash, 38 bytes for
-    Ed25519), ``addrs`` binary multiaddrs, ``connection`` the sender's view."""
+    Ed25519), ``addrs`` binary multiaddrs, ``connection`` the sender's view.
+    ``wire_memo`` is :mod:`node.dht.wire`'s cache of this peer's encoding (not part of
+    the value: ignored by ``==``, ``hash`` and ``repr``)."""
 
     peer_id: bytes
     addrs: tuple[bytes, ...] = ()
     connection: ConnectionType = ConnectionType.NOT_CONNECTED
+    wire_memo: bytes | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from node.dht.keys import KEY_BITS, KEY_BYTES, kad_key, key_to_int
+from node.dht.messages import PeerInfo
 
 __all__ = [
     "DEFAULT_PING_TIMEOUT",
@@ -79,7 +80,7 @@ MAX_REFRESH_CPL = 15
 _REFRESH_JITTER = 0.1
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Contact:
     """A peer in the routing table.
 
@@ -87,6 +88,7 @@ class Contact:
     accepted); ``key``: its 32-byte Kademlia key; ``addrs``: binary multiaddrs;
     ``last_seen``: seconds (caller's clock) of the last successful contact;
     ``failures``: requests to it that failed since it last answered (stale when > 0).
+    Contacts compare by identity (the table holds one per PeerId).
     """
 
     peer_id: bytes
@@ -95,6 +97,14 @@ class Contact:
     last_seen: float
     key_int: int = field(repr=False, default=0)
     failures: int = 0
+    _info: PeerInfo | None = field(repr=False, default=None)
+
+    def peer_info(self) -> PeerInfo:
+        """The contact as a :class:`PeerInfo` (PeerId + addrs), built once per addrs."""
+        info = self._info
+        if info is None:
+            info = self._info = PeerInfo(self.peer_id, self.addrs)
+        return info
 
 
 class UpdateStatus(Enum):
@@ -120,6 +130,7 @@ class _Bucket:
     contacts: list[Contact] = field(default_factory=list)  # head = least recently seen
     replacements: list[Contact] = field(default_factory=list)  # tail = most recent
     ping_sent_at: float | None = None  # when the head was asked to be pinged
+    stale: int = 0  # contacts with failures > 0
 
 
 class RoutingTable:
@@ -159,6 +170,7 @@ class RoutingTable:
         self._next_refresh = [
             now + rng.random() * self.refresh_interval for _ in range(max_refresh_cpl + 1)
         ]
+        self._refresh_due = min(self._next_refresh)
 
     # -- queries ---------------------------------------------------------------------
 
@@ -253,8 +265,8 @@ class RoutingTable:
             bucket.contacts.remove(known)
             bucket.contacts.append(known)
             known.last_seen = now
-            if addrs:
-                known.addrs = addrs
+            if addrs and addrs != known.addrs:
+                known.addrs, known._info = addrs, None
             return UpdateResult(UpdateStatus.UPDATED)
         key = kad_key(peer_id)
         contact = Contact(peer_id, key, addrs, now, key_to_int(key), failures)
@@ -262,9 +274,10 @@ class RoutingTable:
         if len(bucket.contacts) < self.k:
             self._insert(bucket, contact)
             return UpdateResult(UpdateStatus.ADDED)
-        stale = max(bucket.contacts, key=lambda c: c.failures)
-        if stale.failures > failures:  # ties: the least recently seen (max keeps the first)
+        stale = max(bucket.contacts, key=lambda c: c.failures) if bucket.stale else None
+        if stale is not None and stale.failures > failures:  # ties: least recently seen
             bucket.contacts.remove(stale)
+            bucket.stale -= 1
             del self._by_id[stale.peer_id]
             self._forget_replacement(peer_id)
             self._insert(bucket, contact)
@@ -297,16 +310,20 @@ class RoutingTable:
         if contact is None:
             self._forget_replacement(peer_id)
             return False
+        bucket = self._buckets[self._index_of(contact.key_int)]
+        if not contact.failures:
+            bucket.stale += 1
         contact.failures += 1
-        if self._buckets[self._index_of(contact.key_int)].replacements:
+        if bucket.replacements:
             return self.remove(peer_id)
         return False
 
     def record_answer(self, peer_id: bytes) -> None:
         """``peer_id`` answered a request: it is no longer stale (no-op when unknown)."""
         contact = self._by_id.get(peer_id)
-        if contact is not None:
+        if contact is not None and contact.failures:
             contact.failures = 0
+            self._buckets[self._index_of(contact.key_int)].stale -= 1
 
     def remove(self, peer_id: bytes) -> bool:
         """Drop ``peer_id`` (it failed to respond); promote the most recently seen
@@ -319,6 +336,8 @@ class RoutingTable:
         index = self._index_of(contact.key_int)
         bucket = self._buckets[index]
         bucket.contacts.remove(contact)
+        if contact.failures:
+            bucket.stale -= 1
         if bucket.replacements:
             self._insert(bucket, bucket.replacements.pop())
         bucket.ping_sent_at = None
@@ -335,7 +354,7 @@ class RoutingTable:
         Only buckets up to the deepest non-empty bucket + 1 (capped at
         ``max_refresh_cpl``) are refreshed: deeper random targets would land on keys
         no peer shares (go-libp2p-kad-dht does the same)."""
-        if min(self._next_refresh) > now:
+        if self._refresh_due > now:
             return []
         limit = min(self._deepest_nonempty() + 1, len(self._next_refresh) - 1)
         for index in range(limit + 1, len(self._next_refresh)):
@@ -347,7 +366,7 @@ class RoutingTable:
     def next_refresh_due(self) -> float:
         """Seconds (caller's clock) of the earliest bucket refresh time: the table
         needs :meth:`due_refreshes` no earlier than this."""
-        return min(self._next_refresh)
+        return self._refresh_due
 
     def next_refresh_at(self, index: int) -> float:
         """Seconds (caller's clock) when bucket ``index`` (0..max_refresh_cpl) is due."""
@@ -359,6 +378,7 @@ class RoutingTable:
         if 0 <= index < len(self._next_refresh):
             jitter = 1.0 + _REFRESH_JITTER * (2.0 * self._rng.random() - 1.0)
             self._next_refresh[index] = now + self.refresh_interval * jitter
+            self._refresh_due = min(self._next_refresh)
 
     def random_key_in_bucket(self, index: int) -> bytes:
         """A random 32-byte key whose common prefix with the local key is exactly
@@ -398,6 +418,8 @@ class RoutingTable:
 
     def _insert(self, bucket: _Bucket, contact: Contact) -> None:
         bucket.contacts.append(contact)
+        if contact.failures:
+            bucket.stale += 1
         self._by_id[contact.peer_id] = contact
         self._deepest = max(self._deepest, self._index_of(contact.key_int))
 

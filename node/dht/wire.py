@@ -137,6 +137,17 @@ def _encode_peer(peer: PeerInfo) -> bytes:
     return b"".join(parts)
 
 
+def _closer_field(peer: PeerInfo) -> bytes:
+    # The framed closerPeers entry, memoised on the (immutable) PeerInfo itself: a
+    # routing-table contact is listed in many answers, and hashing a PeerInfo for a
+    # cache lookup costs more than this attribute read.
+    memo = peer.wire_memo
+    if memo is None:
+        memo = _bytes_field(b"\x42", _encode_peer(peer))
+        object.__setattr__(peer, "wire_memo", memo)
+    return memo
+
+
 def _encode_record(record: Record) -> bytes:
     parts = []
     if record.key:
@@ -158,7 +169,7 @@ def encode_message(msg: Message) -> bytes:
         parts.append(_bytes_field(b"\x12", msg.key))
     if msg.record is not None:
         parts.append(_bytes_field(b"\x1a", _encode_record(msg.record)))
-    parts.extend(_bytes_field(b"\x42", _encode_peer(p)) for p in msg.closer_peers)
+    parts.extend(_closer_field(p) for p in msg.closer_peers)
     parts.extend(_bytes_field(b"\x4a", _encode_peer(p)) for p in msg.provider_peers)
     if msg.cluster_level_raw:
         parts.append(_int32_field(b"\x50", msg.cluster_level_raw))
@@ -278,6 +289,14 @@ def decode_message(data: bytes) -> Message:
     providers: list[PeerInfo] = []
     pos, end = 0, len(data)
     while pos < end:
+        if data[pos] == 0x42 and pos + 1 < end and data[pos + 1] < 0x80:
+            # fast path for the bulk of a response: a closerPeers entry under 128 bytes
+            start = pos + 2
+            pos = start + data[pos + 1]
+            if pos > end:
+                raise WireError("length-delimited field runs past the end")
+            closer.append(_peer_from_bytes(data[start:pos]))
+            continue
         tag, pos = _read_varint(data, pos, end)
         if tag == 0x42 or tag == 0x4A:
             start, pos = _span(data, pos, end)
