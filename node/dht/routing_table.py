@@ -210,8 +210,8 @@ class RoutingTable:
         skip_stale: Callable[[bytes], bool] | None = None,
     ) -> list[Contact]:
         """Up to ``count`` contacts closest to the 32-byte ``target_key`` by XOR distance,
-        nearest first (ties, which need a sha256 collision, broken by PeerId bytes).
-        PeerIds in ``exclude``, and stale contacts (``failures > 0``) for which
+        nearest first (equal distances would need a sha256 collision; they keep table
+        order). PeerIds in ``exclude``, and stale contacts (``failures > 0``) for which
         ``skip_stale(peer_id)`` is true, are left out. Raises ValueError for a bad key
         length."""
         target = key_to_int(target_key)
@@ -219,13 +219,13 @@ class RoutingTable:
         picked: list[Contact] = []
         for group in self._groups_by_distance(target):
             if skip_stale is None:
-                picked.extend(c for c in group if c.peer_id not in excluded)
+                picked += [c for c in group if c.peer_id not in excluded]
             else:
-                picked.extend(c for c in group if c.peer_id not in excluded and not (
-                    c.failures and skip_stale(c.peer_id)))
+                picked += [c for c in group if not (
+                    c.peer_id in excluded or (c.failures and skip_stale(c.peer_id)))]
             if len(picked) >= count:
                 break
-        picked.sort(key=lambda c: (c.key_int ^ target, c.peer_id))
+        picked.sort(key=lambda c: c.key_int ^ target)
         return picked[:count]
 
     def _groups_by_distance(self, target: int) -> Iterator[Iterable[Contact]]:

@@ -121,7 +121,7 @@ def test_remove_on_failure_promotes_replacement_and_cache_is_bounded() -> None:
     assert t.replacements(0) == []
 
 
-def test_closest_excludes_and_breaks_ties_deterministically() -> None:
+def test_closest_excludes_and_rejects_bad_keys() -> None:
     t = table()
     for n in range(100):
         t.update(pid(n), now=0.0)
