@@ -1,7 +1,7 @@
 """Kademlia cost on an in-memory network: join convergence, lookup messages and hops.
 
 For each ``--nodes`` N, all N DhtNode cores bootstrap through one peer at the same
-instant (two self-lookup rounds each) and we report the virtual time until every
+instant (a self-lookup each, then the join refresh) and we report the virtual time until every
 bootstrap finished and the share of each node's true 20 closest peers in its routing
 table. Then ``--lookups`` FIND_NODE lookups run from random nodes for random PeerIds:
 requests sent per lookup, hops, virtual duration (``--latency`` seconds per message

@@ -135,9 +135,9 @@ class DhtNode:
     def bootstrap(self, peers: Iterable[PeerInfo], *, now: float) -> int:
         """Join through ``peers`` (e.g. bootstrap multiaddrs, mDNS finds): a lookup for
         the local key seeded with them and the table's closest, repeated
-        ``config.bootstrap_rounds`` times (the second round lets peers that joined
-        together find each other); the bucket refresh of ``config.refresh_on_join``
-        starts as soon as the first round found peers. ``peers`` are asked even while
+        ``config.bootstrap_rounds`` times (a later round reseeds from the table); the
+        bucket refresh of ``config.refresh_on_join`` starts as soon as the first round
+        found peers. ``peers`` are asked even while
         in backoff (the caller chose them). Returns the query id; its result is the
         last round's. Call it again (with backoff) when the result is empty."""
         self._now = now

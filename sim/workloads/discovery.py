@@ -8,7 +8,7 @@ PeerId of an Ed25519 key derived from the run's seed; validator = the node's DHT
 validator, :func:`validator`). Nodes join at staggered times (node order shuffled with
 the seed, spread over ``join_over``) through ``bootstraps`` bootstrap peers (the first
 honest nodes to join; they join at t = 0 and bootstrap from each other), exactly as a
-node does: ``DhtNode.bootstrap`` (two self-lookup rounds), re-bootstrapped after
+node does: ``DhtNode.bootstrap`` (a self-lookup, then the join refresh), re-bootstrapped after
 ``retry`` while the result is empty.
 
 Wire: a kad-dht request/response pair travels on one libp2p stream in a real node. Here
@@ -18,10 +18,15 @@ protobuf bytes of :func:`node.dht.wire.encode_message`; the receiver decodes wit
 request, as a stream reset would). A request the handler refuses, or an answer that does
 not decode, fails at once; a request to a peer that is down, silent, unknown (a
 fabricated PeerId at a black-hole address) or cut off times out in the core
-(``request_timeout``); a request to a PeerId with no known address fails at once (a
-libp2p dial with no address). Every node listens on ``/ip4/10.x.y.z/tcp/4001``. The sender of
-an inbound request is the transport-authenticated peer (Noise), so the responder records
-the true PeerId.
+(``request_timeout``; its lookup stops waiting for it after the core's RTT-based stall
+timeout); a request to a PeerId with no known address fails at once (a libp2p dial with
+no address). Every node listens on ``/ip4/10.x.y.z/tcp/4001``. The sender of an inbound
+request is the transport-authenticated peer (Noise), so the responder records the true
+PeerId.
+
+Time: like :class:`node.dht.service.DhtService`, a process ticks its core when
+``DhtNode.next_wakeup`` is due and at least every ``tick``; the core runs with the real
+node's :class:`~node.dht.config.DhtConfig` defaults unless a param overrides a field.
 
 CPU: kad-dht messages carry no signatures (the transport authenticates), so each message
 costs the world's handling + per-byte codec costs (charged by the host) and encoding
@@ -31,10 +36,12 @@ Byzantine nodes join like everyone (so they land in routing tables) and then mis
 (``--adversary NAME`` or the ``byzantine`` param, default ``mix``: round robin over the
 three): ``dht-silent`` never answers; ``dht-garbage`` answers with random bytes;
 ``dht-lie`` answers every FIND_NODE/GET_VALUE with Byzantine peers and fabricated PeerIds
-at black-hole addresses (an eclipse attempt). Finding: the core's lookup has to query
-(and time out on) every fabricated peer that enters its k closest candidates, so each
-liar answer can add several ``request_timeout`` s to a lookup (no per-peer reputation,
-no disjoint paths); lookups still succeed among honest nodes, but slowly. Generic
+at black-hole addresses (an eclipse attempt). Findings that shaped the core: waiting
+for silent or fabricated peers until ``request_timeout`` made every lookup slow (now a
+request stalls after about two RTTs and the lookup moves on, and a peer that failed is
+locked out for a backoff); and liars close to a node crowd its honest neighbours out of
+a single-path self-lookup, so a few nodes never met all k closest honest peers until
+someone else's lookup passed by (now two disjoint paths ask about 2k peers). Generic
 ``silent``/``delay``/``replay``/``garbage`` also apply.
 
 Measurements:
@@ -47,18 +54,18 @@ Measurements:
   converges counts as unfinished (+inf).
 * ``discovery_lookup_latency_s``: after ``lookups_from`` (default: the last join + 5 s),
   ``lookups`` FIND_NODE lookups (default 200) spread until ``lookups_until`` (default
-  max(10 s, 10 request timeouts) before the end, or halfway through what is left of a
+  max(10 s, one request timeout) before the end, or halfway through what is left of a
   short run), each
   from a random honest node that is up for a random other honest node's PeerId;
   success = the target is among the peers the lookup returns. Failed and unfinished
   lookups count as +inf.
 
 Params (``[workload_params]`` / ``--param``): ``join_over`` (10s), ``bootstraps`` (3),
-``tick`` (100ms), ``request_timeout`` (1s), ``retry`` (1s), ``refresh_on_join`` (true),
-``lookups`` (200),
-``lookups_from``, ``lookups_until``, ``byzantine`` (mix|silent|garbage|lie), ``k`` (20),
-``alpha`` (3),
-``target`` (our goal, 5s), ``seed_limit`` (30s).
+``tick`` (1s, the longest sleep, as ``DhtService.tick_interval``), ``retry`` (1s),
+``lookups`` (200), ``lookups_from``, ``lookups_until``, ``byzantine``
+(mix|silent|garbage|lie), ``target`` (our goal, 5s), ``seed_limit`` (30s), and any
+:class:`~node.dht.config.DhtConfig` field (default: the node's), e.g.
+``request_timeout=500ms``, ``disjoint_paths=1``, ``refresh_on_join=false``.
 """
 
 from __future__ import annotations
@@ -476,8 +483,7 @@ class DiscoveryWorkload:
                                          if self.lookups_started else None)},
             "byzantine_strategies": {str(k): v for k, v in sorted(self.strategy.items())},
             "bad_frames": self.bad_frames, "restarts": self.restarts,
-            "dht_config": {"k": self.config.k, "alpha": self.config.alpha,
-                           "request_timeout_s": self.config.request_timeout},
+            "dht_config": dataclasses.asdict(self.config),  # times in seconds
             "tick_s": self.tick_s, "refresh_on_join": self.refresh_on_join,
         }
         return WorkloadResults(

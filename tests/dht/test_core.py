@@ -270,8 +270,9 @@ def test_on_request_never_raises_on_any_message() -> None:
 
 
 def test_simultaneous_join_converges_every_table() -> None:
-    # 100 nodes bootstrap through one peer at the same instant; after the two
-    # self-lookup rounds every node holds its true 20 closest peers: in its buckets, or
+    # 100 nodes bootstrap through one peer at the same instant; once their bootstrap
+    # self-lookups finished (the join refreshes run alongside) every node holds its
+    # true 20 closest peers: in its buckets, or
     # (rarely) in the replacement cache of a full bucket, whose older live contacts
     # Kademlia keeps in preference (paper 2.2; sim.workloads.discovery.holds_closest).
     net = MemNet(seed=2, validator=VALIDATOR, latency=0.05)
