@@ -180,7 +180,8 @@ class Cpu:
         running ``Engine.run`` and before the node's next crash; else queue it."""
         engine = self._engine
         now = engine.now
-        start = self.busy_until if self.busy_until > now else now
+        busy = self.busy_until
+        start = busy if busy > now else now
         if self._running or self._queue or (
                 start > now and (start > engine.run_until or start >= self.crash_at)):
             self._backlog(now, math.inf)
@@ -188,17 +189,19 @@ class Cpu:
             if self._wakeup is None and not self._running:
                 self._wakeup = engine.schedule_at(start, self._wake)
             return
-        self._backlog(now, start)
         if start > now:
             self.eager += 1
+            self._backlog(now, start)
+        elif self._starts:
+            self._backlog(now, start)
         self._execute(start, item)
 
     def _execute(self, start: float, item: Any) -> None:
-        engine, queue = self._engine, self._queue
+        engine, queue, run_item = self._engine, self._queue, self._run_item
         while True:
             self._running = True
             try:
-                end = self._run_item(start, item)
+                end = run_item(start, item)
             finally:
                 self._running = False
             if end < start:
@@ -248,11 +251,15 @@ class VerifyCache:
     def verify(self, public_key: bytes, data: bytes, signature: bytes) -> bool:
         """True when ``signature`` is a valid Ed25519 signature by ``public_key`` over
         ``data``; never raises on bad input (see ``verify_signature``)."""
+        key = (public_key, data, signature)
         try:
-            key = (bytes(public_key), bytes(data), bytes(signature))
-        except TypeError:
-            return False
-        cached = self._cache.get(key)
+            cached = self._cache.get(key)
+        except TypeError:  # an unhashable bytes-like argument (bytearray)
+            try:
+                key = (bytes(public_key), bytes(data), bytes(signature))
+            except TypeError:
+                return False
+            cached = self._cache.get(key)
         if cached is not None:
             self.hits += 1
             return cached

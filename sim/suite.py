@@ -13,7 +13,7 @@ consensus      pbft         commit latency with the Byzantine nodes silent (the
                             default strategy), ``--duration`` long (default 60 s);
                             ``--partition``/``--crash``/``--adversary``/``--load``
                             apply here
-partition      pbft         the mesh split 80/20 from 10 s to 20 s of a 30 s run:
+partition      pbft         the mesh split 80/20 from 4 s to 11 s of a 22 s run:
                             the majority keeps committing and every honest node
                             converges after the heal. Byzantine nodes equivocate as
                             primaries and vote for their lies (a *silent* third
@@ -89,9 +89,9 @@ def phase_args(args: argparse.Namespace, name: str) -> argparse.Namespace:
     out.partition, out.crash, out.adversary, out.load, out.param = [], [], [], None, []
     n = args.nodes if args.nodes is not None else 100
     if name == "partition":
-        out.workload, out.duration = "pbft", "30s"
+        out.workload, out.duration = "pbft", "22s"
         cut = n - max(1, n // 5)
-        out.partition = [f"10s-20s:0-{cut - 1}|{cut}-{n - 1}"] if n >= 2 else []
+        out.partition = [f"4s-11s:0-{cut - 1}|{cut}-{n - 1}"] if n >= 2 else []
         out.adversary = ["equivocating-primary"] if (args.byzantine or 0) > 0 else []
     elif name == "discovery":
         out.workload, out.duration = "discovery", "30s"
