@@ -24,6 +24,7 @@ files: ``encode_message(cert)``) or the decoded object.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from identity.signer import verify_signature
 
@@ -75,8 +76,16 @@ class WrongPrimary(CertificateError):
     """A pre-prepare not signed by the primary of its view."""
 
 
+_LAST: list[Any] = [None, None]  # [map, Membership.of(map)]: callers reuse one map
+
+
 def _members(members: Membership | Mapping[str, bytes]) -> Membership:
-    return members if isinstance(members, Membership) else Membership.of(members)
+    if isinstance(members, Membership):
+        return members
+    last = _LAST
+    if last[0] is not members or last[1].as_dict() != members:
+        last[0], last[1] = members, Membership.of(members)
+    return last[1]
 
 
 def _check_sig(m: Membership, msg: object, verify: VerifyFn) -> None:

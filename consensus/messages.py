@@ -202,14 +202,28 @@ class Batch(_Wire):
     primary: str
     requests: tuple[Request, ...] = ()
     evidence: tuple[Evidence, ...] = ()
+    _w: list[Any] | None = _cache()
+    _d: bytes | None = _cache()
     KIND: ClassVar[int] = 3
     _SPEC: ClassVar = (("view", "int"), ("primary", "str"), ("requests", ("tuple", Request)),
                        ("evidence", ("tuple", Evidence)))
 
+    def wire(self) -> list[Any]:
+        cached = self._w
+        if cached is None:
+            cached = _Wire.wire(self)
+            object.__setattr__(self, "_w", cached)
+        return cached
+
 
 def batch_digest(batch: Batch) -> bytes:
-    """SHA-256 of the batch's canonical encoding (the ``digest`` field of the protocol)."""
-    return sha256(_pack(batch.wire()))
+    """SHA-256 of the batch's canonical encoding (the ``digest`` field of the protocol);
+    memoised on the (immutable) batch."""
+    cached = batch._d
+    if cached is None:
+        cached = sha256(_pack(batch.wire()))
+        object.__setattr__(batch, "_d", cached)
+    return cached
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from identity.canonical import DecodeError, decode, encode
+from identity.canonical import DecodeError, decode
 
 from .effects import Ready, Record
 from .messages import (
@@ -62,6 +62,7 @@ from .messages import (
     decode_message,
     sha256,
 )
+from .messages import _pack as pack_wire
 
 __all__ = ["pack_prepared", "restore", "unpack_prepared"]
 
@@ -154,7 +155,7 @@ def _restore_decided(r: Any, decided: list[Record]) -> None:
 
 def pack_prepared(proof: PreparedProof, batch: Batch | None) -> bytes:
     """Data of a ``"prepared"`` record."""
-    return encode([proof.wire(), None if batch is None else batch.wire()])
+    return pack_wire([proof.wire(), None if batch is None else batch.wire()])
 
 
 def unpack_prepared(data: bytes) -> tuple[PreparedProof, Batch | None]:

@@ -27,9 +27,10 @@ prepared certificates for one (v, n) share an honest preparer by quorum intersec
 alone), which is what lets the primary be a function of reputation
 (:mod:`consensus.leader`).
 
-Checkpoints, watermarks, garbage collection and state transfer live in
-:mod:`consensus.checkpoint`; view changes in :mod:`consensus.viewchange`; restart from
-persisted records in :mod:`consensus.persist`.
+The per-message normal-case code lives in :mod:`consensus.normal`; checkpoints,
+watermarks, garbage collection and state transfer in :mod:`consensus.checkpoint`; view
+changes in :mod:`consensus.viewchange`; restart from persisted records in
+:mod:`consensus.persist`.
 
 Timers (ticks). While a replica waits for work to execute (pending requests or accepted
 pre-prepares) and makes no progress for ``timeout`` ticks it starts a view change. The
@@ -51,29 +52,23 @@ from typing import Any
 from identity.signer import Signer, verify_signature
 
 from .batching import RequestsMixin
-from .certificate import prepared_proof
 from .checkpoint import CheckpointMixin
-from .effects import Decision, Outbound, Ready, Record, SignRequest
-from .evidence import make_evidence
+from .effects import Outbound, Ready, Record, SignRequest
 from .leader import round_robin, schedule_primary
 from .messages import (
-    Batch,
     Checkpoint,
     Commit,
-    CommitCertificate,
     Evidence,
     NewView,
     Prepare,
-    PreparedProof,
     PrePrepare,
     Request,
     StateReply,
     StateRequest,
     ViewChange,
-    batch_digest,
     encode_message,
 )
-from .persist import pack_prepared as _pack_prepared
+from .normal import NormalCaseMixin, Slot
 from .quorum import Membership, VerifyFn
 from .state import NullStateMachine, ReplicatedState, StateMachine
 from .viewchange import ViewChangeMixin
@@ -102,23 +97,7 @@ class Config:
             raise ValueError("window must be a positive multiple of checkpoint_interval")
 
 
-class Slot:
-    """Protocol state for one sequence number (the PBFT message log entry)."""
-
-    __slots__ = ("pp", "batches", "prepares", "commits", "voted", "prepared", "sent", "cert")
-
-    def __init__(self) -> None:
-        self.pp: PrePrepare | None = None                    # accepted, highest view
-        self.batches: dict[bytes, Batch] = {}                # digest -> batch
-        self.prepares: dict[tuple[int, bytes], dict[str, Prepare]] = {}
-        self.commits: dict[tuple[int, bytes], dict[str, Commit]] = {}
-        self.voted: dict[tuple[int, int, str], Any] = {}     # (KIND, view, sender) -> vote
-        self.prepared: PreparedProof | None = None           # highest-view certificate
-        self.sent: dict[tuple[int, int], Any] = {}           # (KIND, view) -> own msg
-        self.cert: CommitCertificate | None = None
-
-
-class Replica(RequestsMixin, CheckpointMixin, ViewChangeMixin):
+class Replica(NormalCaseMixin, RequestsMixin, CheckpointMixin, ViewChangeMixin):
     """One PBFT replica. See the module docstring for the protocol.
 
     ``Replica(me, members, *, config=Config(), app=None, verify=verify_signature,
@@ -274,7 +253,8 @@ class Replica(RequestsMixin, CheckpointMixin, ViewChangeMixin):
 
     def has_ready(self) -> bool:
         """True when ``ready()`` would return effects."""
-        return bool(self._ready)
+        r = self._ready
+        return bool(r.persist or r.sign_requests or r.messages or r.committed)
 
     # -- effect helpers ---------------------------------------------------------------
     def _others(self) -> tuple[str, ...]:
@@ -329,7 +309,7 @@ class Replica(RequestsMixin, CheckpointMixin, ViewChangeMixin):
         seq = getattr(msg, "seq", self.low)
         self._persist("msg" if hasattr(msg, "seq") else "viewchange", seq, msg)
         if isinstance(msg, (PrePrepare, Prepare, Commit)):
-            self.slots.setdefault(seq, Slot()).sent[(msg.KIND, msg.view)] = msg
+            self._slot(seq).sent[(msg.KIND, msg.view)] = msg
         self._send(msg, self._others() if dests is None else dests)
         self._own(msg)
 
@@ -340,175 +320,6 @@ class Replica(RequestsMixin, CheckpointMixin, ViewChangeMixin):
             self._store_vote(msg)
         else:
             self._HANDLERS[type(msg)](self, msg, self.me)
-
-    # -- normal case ----------------------------------------------------------------------
-    def _check_vote(self, msg: Any, sender: str) -> Slot | None:
-        """Common checks for PRE-PREPARE / PREPARE / COMMIT; the slot or None (dropped)."""
-        if not (self.low < msg.seq <= self.high):
-            self._behind_hint(msg, sender)
-            self._help_behind(sender, msg.seq)
-            self._drop(sender, "out-of-window")
-            return None
-        if not self.members.check_signed(msg, self.verify):
-            self._drop(sender, "bad-signature")
-            return None
-        return self.slots.setdefault(msg.seq, Slot())
-
-    def _step_pre_prepare(self, pp: PrePrepare, sender: str) -> None:
-        if pp.view != self.view or self.in_view_change:
-            self._drop(sender, "wrong-view")
-            return
-        if pp.sender != self.primary(pp.view):
-            self._drop(sender, "not-primary")
-            return
-        b = pp.batch
-        if b is None or b.view != pp.view or b.primary != pp.sender or \
-                len(b.requests) > self.cfg.batch_size or batch_digest(b) != pp.digest:
-            self._drop(sender, "bad-batch")
-            return
-        slot = self._check_vote(pp, sender)
-        if slot is not None:
-            self._accept_pre_prepare(pp, slot)
-
-    def _accept_pre_prepare(self, pp: PrePrepare, slot: Slot | None = None) -> None:
-        slot = slot or self.slots.setdefault(pp.seq, Slot())
-        old = slot.pp
-        if old is not None and old.view == pp.view:
-            if old.digest != pp.digest:
-                self._add_evidence(old, pp)
-            elif pp.batch is not None and pp.digest not in slot.batches:
-                slot.batches[pp.digest] = pp.batch  # the body of a NEW-VIEW re-proposal
-                self._check_committed(pp.seq, slot)
-            return
-        if old is not None and old.view > pp.view:
-            return
-        slot.pp = pp  # without a batch only from a NEW-VIEW (fetched once decided)
-        if pp.batch is not None:
-            slot.batches[pp.digest] = pp.batch
-            for r in pp.batch.requests:
-                self.inflight.setdefault((r.client, r.rid), pp.seq)
-        self._arm_timer()
-        if (Prepare.KIND, pp.view) not in slot.sent:
-            prep = Prepare(pp.view, pp.seq, pp.digest, self.me)
-            slot.sent[(Prepare.KIND, pp.view)] = prep
-            self._sign(prep)
-        self._check_prepared(pp.seq, slot, pp.view, pp.digest)
-        self._check_committed(pp.seq, slot)
-
-    def _step_vote(self, msg: Prepare | Commit, sender: str) -> None:
-        if msg.view > self.view or (isinstance(msg, Prepare) and msg.view != self.view):
-            # (commits of older views still count: a quorum of them certifies a decision;
-            # higher views are refused so a faulty member cannot grow the log unboundedly)
-            self._drop(sender, "wrong-view")
-            return
-        if msg.sender not in self.members:
-            self._drop(sender, "not-member")
-            return
-        slot = self._check_vote(msg, sender)
-        if slot is not None:
-            self._store_vote(msg, slot)
-
-    def _store_vote(self, msg: Prepare | Commit, slot: Slot | None = None) -> None:
-        slot = slot or self.slots.setdefault(msg.seq, Slot())
-        is_prep = isinstance(msg, Prepare)
-        table = slot.prepares if is_prep else slot.commits
-        first = slot.voted.setdefault((msg.KIND, msg.view, msg.sender), msg)
-        if first is not msg:
-            if first.digest != msg.digest:
-                self._add_evidence(first, msg)
-            return
-        table.setdefault((msg.view, msg.digest), {})[msg.sender] = msg
-        if is_prep:
-            self._check_prepared(msg.seq, slot, msg.view, msg.digest)
-        else:
-            self._check_committed(msg.seq, slot)
-
-    def _prepared_quorum(self) -> int:
-        """PREPAREs needed to be prepared: a quorum (the primary prepares too)."""
-        return self.members.quorum
-
-    def _check_prepared(self, seq: int, slot: Slot, view: int, digest: bytes) -> None:
-        pp = slot.pp
-        if pp is None or pp.view != view or pp.digest != digest:
-            return
-        if (Commit.KIND, view) in slot.sent or view != self.view or self.in_view_change:
-            return
-        votes = slot.prepares.get((view, digest), {})
-        if len(votes) < self._prepared_quorum():
-            return
-        chosen = [votes[s] for s in sorted(votes)][: self.members.quorum]
-        proof = prepared_proof(pp, chosen, self.members)
-        slot.prepared = proof
-        self.known_prepared.add((view, seq, digest))
-        batch = slot.batches.get(digest)
-        self._persist("prepared", seq, _pack_prepared(proof, batch))
-        commit = Commit(view, seq, digest, self.me)
-        slot.sent[(Commit.KIND, view)] = commit
-        self._sign(commit)
-
-    def _commit_quorum(self) -> int:
-        return self.members.quorum
-
-    def _check_committed(self, seq: int, slot: Slot) -> None:
-        if slot.cert is not None:
-            return
-        for (view, digest), votes in sorted(slot.commits.items()):
-            if len(votes) < self._commit_quorum():
-                continue
-            batch = slot.batches.get(digest)
-            if batch is None:
-                self._need_batch(seq)
-                continue
-            commits = tuple(votes[s] for s in sorted(votes))[: self.members.quorum]
-            slot.cert = CommitCertificate(seq, view, batch, commits)
-            self._execute_ready()
-            return
-
-    def _execute_ready(self) -> None:
-        start = self.last_executed
-        while True:
-            seq = self.last_executed + 1
-            slot = self.slots.get(seq)
-            if slot is None or slot.cert is None:
-                break
-            self._execute(slot.cert)
-        if self.last_executed != start:
-            self._caught_up()
-
-    def _execute(self, cert: CommitCertificate) -> None:
-        """Execute a certified batch at ``last_executed + 1`` and emit its decision."""
-        batch = cert.batch
-        members = self.state.members
-        results = self.state.execute(cert.seq, batch)
-        self._persist("decided", cert.seq, cert)
-        self._ready.committed.append(Decision(cert.seq, batch, cert, tuple(results), members))
-        for r in batch.requests:
-            key = (r.client, r.rid)
-            self.pending.pop(key, None)
-            self.pending_since.pop(key, None)
-            self.inflight.pop(key, None)
-            self.local.pop(key, None)
-        self.next_seq = max(self.next_seq, cert.seq + 1)
-        self.last_progress = self.now
-        self._progress(batch)
-        self._after_execute(cert.seq)
-
-    def _progress(self, batch: Batch) -> None:
-        """Execution is progress: reset the view-change timer and, when the batch was
-        created in the current view, the exponential back-off."""
-        if self.in_view_change:
-            return  # the new-view timer keeps running: progress in an old view is not enough
-        if batch.view == self.view:
-            self.failed_views = 0
-        self.timer_on = False
-        self._arm_timer()
-
-    def _add_evidence(self, a: Any, b: Any) -> None:
-        """Keep one equivocation proof per member not already penalised (bounded by n)."""
-        rep = self.state.reputation
-        if rep.until.get(a.sender, 0) > rep.last_seq:
-            return
-        self.evidence.setdefault(a.sender, make_evidence(a, b))
 
     _HANDLERS: dict[type, Callable[..., None]] = {}
 

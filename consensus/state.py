@@ -23,10 +23,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from identity.canonical import DecodeError, decode, encode
+from identity.canonical import DecodeError, decode
 
 from .leader import Reputation
 from .messages import Batch, Request, sha256
+from .messages import _pack as pack_wire
 from .quorum import Membership
 
 __all__ = ["DEDUP_WINDOW", "NullStateMachine", "ReplicatedState", "StateMachine", "SYSTEM"]
@@ -80,9 +81,15 @@ class _Client:
     def record(self, rid: int, result: bytes) -> None:
         self.recent.add(rid)
         self.max_rid = max(self.max_rid, rid)
-        floor = self.max_rid - DEDUP_WINDOW
-        self.recent = {r for r in self.recent if r > floor}
+        if len(self.recent) > 2 * DEDUP_WINDOW:  # amortised: ids at or below the floor
+            floor = self.max_rid - DEDUP_WINDOW  # count as seen either way (``seen``)
+            self.recent = {r for r in self.recent if r > floor}
         self.last_rid, self.last_result = rid, result
+
+    def window(self) -> list[int]:
+        """The executed ids above the floor, sorted (what the snapshot records)."""
+        floor = self.max_rid - DEDUP_WINDOW
+        return sorted(r for r in self.recent if r > floor)
 
 
 DUPLICATE = b"\x00duplicate"
@@ -114,11 +121,12 @@ class ReplicatedState:
             raise AssertionError(f"execute out of order: {seq} after {self.last_seq}")
         self.reputation.on_batch(seq, batch, self.members)
         fresh: list[Request] = []
+        keys: set[tuple[str, int]] = set()
         for req in batch.requests:
-            if self.is_duplicate(req) or any(
-                r.client == req.client and r.rid == req.rid for r in fresh
-            ):
+            key = (req.client, req.rid)
+            if key in keys or self.is_duplicate(req):
                 continue
+            keys.add(key)
             fresh.append(req)
         app_results = iter(self.app.apply(seq, [r for r in fresh if not _is_system(r)]))
         out: dict[tuple[str, int], bytes] = {}
@@ -148,13 +156,14 @@ class ReplicatedState:
 
     # -- snapshots ------------------------------------------------------------------
     def snapshot(self) -> bytes:
-        clients = [[k, c.max_rid, sorted(c.recent), c.last_rid, c.last_result]
+        clients = [[k, c.max_rid, c.window(), c.last_rid, c.last_result]
                    for k, c in sorted(self.clients.items())]
         pend: Any = None
         if self.pending_members is not None:
             pend = [self.pending_members[0], self.pending_members[1].wire()]
-        return encode([self.last_seq, self.app.snapshot(), clients, self.members.wire(), pend,
-                       self.reputation.wire()])
+        # wire values only (no maps, no floats): plain msgpack is the canonical encoding
+        return pack_wire([self.last_seq, self.app.snapshot(), clients, self.members.wire(),
+                          pend, self.reputation.wire()])
 
     def digest(self) -> bytes:
         return sha256(self.snapshot())
