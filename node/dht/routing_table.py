@@ -128,7 +128,8 @@ class UpdateResult:
 @dataclass(slots=True)
 class _Bucket:
     contacts: list[Contact] = field(default_factory=list)  # head = least recently seen
-    replacements: list[Contact] = field(default_factory=list)  # tail = most recent
+    # by PeerId, in insertion order: last = most recent
+    replacements: dict[bytes, Contact] = field(default_factory=dict)
     ping_sent_at: float | None = None  # when the head was asked to be pinged
     stale: int = 0  # contacts with failures > 0
 
@@ -203,7 +204,7 @@ class RoutingTable:
 
     def replacements(self, index: int) -> list[Contact]:
         """A copy of bucket ``index``'s replacement cache, oldest first."""
-        return list(self._buckets[index].replacements)
+        return list(self._buckets[index].replacements.values())
 
     def closest(
         self, target_key: bytes, count: int = K, *, exclude: Iterable[bytes] = (),
@@ -339,7 +340,7 @@ class RoutingTable:
         if contact.failures:
             bucket.stale -= 1
         if bucket.replacements:
-            self._insert(bucket, bucket.replacements.pop())
+            self._insert(bucket, bucket.replacements.popitem()[1])
         bucket.ping_sent_at = None
         if index == self._deepest and not bucket.contacts:
             self._deepest = next(
@@ -424,17 +425,18 @@ class RoutingTable:
         self._deepest = max(self._deepest, self._index_of(contact.key_int))
 
     def _cache_replacement(self, bucket: _Bucket, contact: Contact) -> None:
-        bucket.replacements = [c for c in bucket.replacements if c.peer_id != contact.peer_id]
-        bucket.replacements.append(contact)
-        if len(bucket.replacements) > self.replacement_cache_size:
-            del bucket.replacements[0]
+        replacements = bucket.replacements
+        replacements.pop(contact.peer_id, None)
+        replacements[contact.peer_id] = contact
+        if len(replacements) > self.replacement_cache_size:
+            del replacements[next(iter(replacements))]
 
     def _forget_replacement(self, peer_id: bytes) -> None:
         key = kad_key(peer_id)
         if key == self.local_key:
             return
         bucket = self._buckets[self._index_of(key_to_int(key))]
-        bucket.replacements = [c for c in bucket.replacements if c.peer_id != peer_id]
+        bucket.replacements.pop(peer_id, None)
 
     def _deepest_nonempty(self) -> int:
         return self._deepest

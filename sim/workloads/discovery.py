@@ -251,10 +251,12 @@ class DhtProcess(BaseProcess):
         if response.type not in (MessageType.FIND_NODE, MessageType.GET_VALUE):
             return response
         wl = self.wl
-        byz = [wl.infos[b] for b in wl.byzantine_order if b != self.node_id]
+        # the other Byzantine nodes (only the first 20 can be listed), then fakes
+        others = len(wl.byzantine_order) - (self.node_id in wl.byzantine)
+        byz = [wl.infos[b] for b in wl.byzantine_order[:21] if b != self.node_id][:20]
         fake = [PeerInfo(b"\x00\x24\x08\x01\x12\x20" + ctx.rng.randbytes(32),
                          (_multiaddr(wl.n + ctx.rng.randrange(1 << 20)),))
-                for _ in range(max(0, wl.config.k - len(byz)))]
+                for _ in range(max(0, wl.config.k - others))]
         return Message(response.type, key=response.key, closer_peers=tuple(byz + fake)[:20])
 
     # -- effects ------------------------------------------------------------------------
@@ -356,6 +358,7 @@ class DiscoveryWorkload:
         self._keys = [key_to_int(kad_key(info.peer_id)) for info in self.infos]
         honest = sorted(spec.honest)
         self.byzantine_order = sorted(spec.byzantine)
+        self.byzantine = frozenset(spec.byzantine)
         order = list(range(n))
         world.engine.child_rng("dht-join").shuffle(order)
         first = [i for i in order if i in spec.honest][:p["bootstraps"]]
