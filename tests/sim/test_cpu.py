@@ -126,3 +126,43 @@ def test_calibrate_measures_positive_costs_and_makes_a_cost_flag():
                             "encode_byte_s", "decode_fixed_s", "decode_byte_s"}
     assert figures["pynacl_verify_s"] > 0 and figures["pynacl_sign_s"] > 0
     assert parse_costs(calibrate.as_cost_flag(figures)).verify_s > 0
+
+
+def _decisions_and_drops(chunk_s):
+    """A 7-node PBFT run with a crash and a partition, run in chunks of ``chunk_s``
+    virtual seconds (None: one run). Work never runs ahead past the end of a chunk, so
+    small chunks turn eager execution off almost everywhere."""
+    from sim import runner
+    from sim.cli import _parser, build_spec
+    from sim.workloads import load_workload
+
+    args = _parser().parse_args([
+        "run", "--workload", "pbft", "--nodes", "7", "--byzantine", "0.2", "--duration", "6s",
+        "--crash", "3@1s-2s", "--partition", "3s-4s:0-3|4-6", "--no-progress"])
+    spec = build_spec(args)
+    world = runner.build_world(spec, load_workload("pbft"))
+    seen = []
+    world.subscribe("decided", lambda node, t, seq, digest, proof: seen.append(
+        (round(t, 9), node, seq, digest)))
+    world.start()
+    if chunk_s is None:
+        world.run(spec.duration_s)
+    else:
+        t = 0.0
+        while t < spec.duration_s:
+            t = min(spec.duration_s, t + chunk_s)
+            world.run(t)
+    eager = sum(h.cpu.eager for h in world.hosts)
+    return seen, world.network.stats.cut, world.dropped_down, eager
+
+
+def test_running_work_ahead_of_time_changes_no_outcome():
+    # Eager execution (sim.cpu module doc) must be invisible: the same decisions at the
+    # same virtual times by the same nodes, the same messages cut by the partition and
+    # dropped by the crash, whether work runs ahead or waits for its wake-up event.
+    eager = _decisions_and_drops(None)
+    waiting = _decisions_and_drops(0.0001)
+    assert eager[3] > 5 * waiting[3]  # the two runs really differ in mechanism
+    # (decisions are published when the work runs, so only their order differs)
+    assert eager[0] and sorted(eager[0]) == sorted(waiting[0])
+    assert eager[1:3] == waiting[1:3] and eager[1] > 0 and eager[2] > 0
