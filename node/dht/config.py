@@ -47,6 +47,12 @@ class DhtConfig:
     #: node meet its k closest honest peers when liars crowd its neighbourhood (measured
     #: in the simulator's discovery workload).
     disjoint_paths: int = 2
+    #: Disjoint paths of the bootstrap self-lookup, the lookup that introduces a node
+    #: to its neighbourhood (and it to them): more paths meet more of the peers just
+    #: beyond the k closest, where a neighbourhood crowded by Byzantine peers keeps the
+    #: k closest honest ones. It runs once per join, so the extra cost is small
+    #: (measured in the simulator: 4 paths left no node unconverged at 1,000 nodes).
+    bootstrap_paths: int = 4
     #: After the first bootstrap round found peers, refresh once every bucket farther
     #: away than the closest neighbour (Kademlia paper section 2.3; at most up to
     #: MAX_REFRESH_CPL), while the second round runs. "Closest" is not symmetric in

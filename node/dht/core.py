@@ -89,6 +89,7 @@ class _Query:
     stored: int = 0
     rounds_left: int = 0  # further self-lookups of a bootstrap
     forced: frozenset[bytes] = frozenset()  # seeds asked even when locked
+    paths: int = 1  # disjoint lookup paths
 
 
 class DhtNode:
@@ -144,7 +145,8 @@ class DhtNode:
         seeds = [p for p in peers if p.peer_id != self.local.peer_id]
         return self._start("find_node", self.local.peer_id, now, extra_seeds=seeds,
                            rounds=self.config.bootstrap_rounds, bootstrap=True,
-                           forced=frozenset(p.peer_id for p in seeds))
+                           forced=frozenset(p.peer_id for p in seeds),
+                           paths=self.config.bootstrap_paths)
 
     def find_node(self, peer_id: bytes, *, now: float) -> int:
         """Look up the ``k`` peers closest to ``sha256(peer_id)`` (a binary PeerId; other
@@ -303,25 +305,26 @@ class DhtNode:
         return [c.peer_info() for c in contacts]
 
     def _lookup(self, target: bytes, seeds: Iterable[PeerInfo],
-                forced: frozenset[bytes]) -> Lookup:
+                forced: frozenset[bytes], paths: int) -> Lookup:
         avoid = self._avoid
         if forced:
             def avoid(peer_id: bytes) -> bool:
                 return peer_id not in forced and self._avoid(peer_id)
         return Lookup(target, seeds, k=self.config.k, alpha=self.config.alpha,
-                      local_peer_id=self.local.peer_id, avoid=avoid,
-                      paths=self.config.disjoint_paths)
+                      local_peer_id=self.local.peer_id, avoid=avoid, paths=paths)
 
     def _start(self, kind: str, wire_key: bytes, now: float, *,
                extra_seeds: Iterable[PeerInfo] = (), key: bytes = b"", value: bytes = b"",
                refresh_bucket: int | None = None, rounds: int = 1,
-               bootstrap: bool = False, forced: frozenset[bytes] = frozenset()) -> int:
+               bootstrap: bool = False, forced: frozenset[bytes] = frozenset(),
+               paths: int | None = None) -> int:
         qid = self._new_id()
         target = kad_key(wire_key)
-        lookup = self._lookup(target, [*extra_seeds, *self._seeds(target)], forced)
+        paths = self.config.disjoint_paths if paths is None else paths
+        lookup = self._lookup(target, [*extra_seeds, *self._seeds(target)], forced, paths)
         query = _Query(qid, kind, lookup, wire_key, key=key, value=value,
                        refresh_bucket=refresh_bucket, rounds_left=max(rounds, 1) - 1,
-                       forced=forced)
+                       forced=forced, paths=paths)
         self._queries[qid] = query
         if bootstrap:
             self._bootstraps.add(qid)
@@ -377,7 +380,7 @@ class DhtNode:
                 self._refresh_all(now)
         query.lookup = self._lookup(
             previous.target_key, [*previous.closest(), *self._seeds(previous.target_key)],
-            query.forced)
+            query.forced, query.paths)
         self._pump(query, now)
 
     def _start_put_phase(self, query: _Query, now: float) -> None:

@@ -40,7 +40,9 @@ Disjoint paths (S/Kademlia, Baumgart and Mies 2007, section 4.4): with ``paths =
 the seeds, nearest first, are dealt round-robin to ``d`` independent lookups ("paths").
 A path knows only its seeds and the peers named in answers to its own requests, and
 "each node is only used once": a peer asked by one path is left out of every other
-path. Each path runs the rules above on the peers it knows (its own ``alpha`` requests,
+path. With fewer seeds than paths (a node bootstrapping from one peer), the new peers of
+an answer are dealt round-robin between the answering path and the paths that know no
+peer yet. Each path runs the rules above on the peers it knows (its own ``alpha`` requests,
 its own ``k`` closest) and the lookup is finished when every path is;
 :meth:`Lookup.closest` is the ``k`` closest that answered on any path. A liar can
 capture only the paths that reach it, and the union of the paths asks about ``d * k``
@@ -150,14 +152,17 @@ class Lookup:
         self._avoid = avoid
         self.paths = paths
         self._in_flight = [0] * paths  # per path
+        self._known = [0] * paths  # per path: peers it knows
         self._queries = self._responses = self._failures = self._stalls = 0
         self._cancelled = False
         self._finished: bool | None = None  # cached until the next change
         for seed in seeds:
             self._add(seed, hop=0, path=0)
         if paths > 1:  # deal the seeds round-robin, nearest first
+            self._known = [0] * paths
             for rank, entry in enumerate(self._sorted):
                 entry.known_by = 1 << (rank % paths)
+                self._known[rank % paths] += 1
                 self._sync(entry)
 
     # -- driver inputs ---------------------------------------------------------------
@@ -203,15 +208,21 @@ class Lookup:
         self._sync(entry)
         self._responses += 1
         entries, hop, path = self._entries, entry.hop + 1, entry.path
+        deal = [path]
+        if self.paths > 1:
+            deal += [p for p in range(self.paths) if not self._known[p]]
+        dealt = 0
         for info in closer_peers[: self.max_peers_per_response]:
             known = entries.get(info.peer_id)
             if known is None:
-                self._add(info, hop=hop, path=path)
+                self._add(info, hop=hop, path=deal[dealt % len(deal)])
+                dealt += 1
                 continue
             if hop < known.hop:
                 known.hop = hop
             if not known.known_by >> path & 1:
                 known.known_by |= 1 << path
+                self._known[path] += 1
                 self._sync(known)
 
     def on_failure(self, peer_id: bytes) -> None:
@@ -297,12 +308,14 @@ class Lookup:
                 known.hop = hop
             if not known.known_by >> path & 1:
                 known.known_by |= 1 << path
+                self._known[path] += 1
                 self._sync(known)
             return
         distance = key_to_int(kad_key(pid)) ^ self._target
         avoided = self._avoid is not None and self._avoid(pid)
         entry = _Entry(info, distance, PeerState.CANDIDATE, hop, 1 << path, -1, avoided)
         self._entries[pid] = entry
+        self._known[path] += 1
         at = bisect.bisect(self._distances, distance)
         self._distances.insert(at, distance)
         self._sorted.insert(at, entry)
