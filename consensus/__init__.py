@@ -5,6 +5,8 @@ Module map
 ``replica``     :class:`Replica` and :class:`Config`: ``step/tick/propose/signed/ready/advance``
 ``effects``     ``Ready`` (persist, sign_requests, messages, committed), ``Record``, ``Decision``
 ``messages``    frozen wire dataclasses and the strict codec (``encode_message``/``decode_message``)
+``wire``        the generic codec machinery the messages are declared with
+``normal``      the normal-case hot path (pre-prepare, prepare, commit, execute) and ``Slot``
 ``certificate`` ``verify(cert, members) -> Batch``: offline check of commit certificates
 ``quorum``      ``Membership`` (id -> Ed25519 key), n, f, quorum arithmetic
 ``batching``    request pool, batching, timers and re-sends

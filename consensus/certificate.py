@@ -32,6 +32,7 @@ from .messages import (
     Batch,
     CheckpointProof,
     CommitCertificate,
+    MembershipProof,
     MessageDecodeError,
     Prepare,
     PreparedProof,
@@ -40,11 +41,12 @@ from .messages import (
     decode_message,
 )
 from .quorum import Membership, VerifyFn
+from .state import digest_parts
 
 __all__ = [
     "BadSignature", "CertificateError", "Malformed", "NotAMember", "NotEnoughSigners",
     "WrongDigest", "WrongPrimary", "prepared_proof", "verify", "verify_checkpoint",
-    "verify_prepared",
+    "verify_membership", "verify_prepared",
 ]
 
 
@@ -174,3 +176,24 @@ def prepared_proof(pp: PrePrepare, prepares: Iterable[Prepare],
     signatures are copied, not checked: the caller verified them on receipt)."""
     return PreparedProof(pp.view, pp.seq, pp.digest, pp.sender, pp.sig,
                          *members.pack_signatures({p.sender: p.sig for p in prepares}))
+
+
+def verify_membership(
+    proof: MembershipProof, members: Membership, *, verify_fn: VerifyFn = verify_signature
+) -> Membership:
+    """Verify that ``proof`` certifies, with the signatures of ``members`` (the set before
+    the change), the member set that took effect at ``proof.checkpoint.seq``; returns
+    that set. Raises :class:`CertificateError` (:class:`WrongDigest` when the parts do
+    not hash to the certified state digest, :class:`Malformed` for a bad member list)."""
+    verify_checkpoint(proof.checkpoint, members, verify_fn=verify_fn)
+    wire = [[m.id, m.key] for m in proof.members]
+    if digest_parts(proof.body_digest, wire, proof.pending_digest) != \
+            proof.checkpoint.state_digest:
+        raise WrongDigest("member set does not match the certified state digest")
+    try:
+        new = Membership.of({m.id: m.key for m in proof.members})
+    except ValueError as exc:
+        raise Malformed(f"member set: {exc}") from None
+    if new.wire() != wire:
+        raise Malformed("member set not sorted or with duplicates")
+    return new

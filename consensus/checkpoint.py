@@ -33,8 +33,16 @@ from typing import Any
 
 from identity.canonical import encode
 
-from .certificate import CertificateError, verify, verify_checkpoint
-from .messages import Checkpoint, CheckpointProof, StateReply, StateRequest, sha256
+from .certificate import CertificateError, verify, verify_checkpoint, verify_membership
+from .messages import (
+    Checkpoint,
+    CheckpointProof,
+    Member,
+    MembershipProof,
+    StateReply,
+    StateRequest,
+)
+from .state import split_snapshot, state_digest
 
 __all__ = ["CheckpointMixin"]
 
@@ -44,7 +52,7 @@ class CheckpointMixin:
 
     def _init_checkpoints(self: Any) -> None:
         snap = self.state.snapshot()
-        digest = sha256(snap)
+        digest = state_digest(snap)
         self.low = 0
         self.stable_proof = CheckpointProof(0, digest, ())
         self.snapshots: dict[int, tuple[bytes, bytes, Any]] = {
@@ -59,20 +67,41 @@ class CheckpointMixin:
         self.ahead: dict[str, int] = {}
         self.helped: dict[str, int] = {}
         self.target: CheckpointProof | None = None
+        self.member_chain: list[MembershipProof] = []  # completed changes, by boundary
 
     @property
     def high(self: Any) -> int:
-        """High watermark: ``low + window``, never past a pending membership change."""
-        h = self.low + self.cfg.window
-        pend = self.state.pending_members
-        return min(h, pend[0]) if pend is not None and pend[0] > self.low else h
+        """High watermark: ``low + window``, never past a membership change's boundary
+        until that boundary is the stable checkpoint (so a window never spans two member
+        sets: the new set signs nothing before it runs the window)."""
+        low = self.low
+        h = low + self.cfg.window
+        st = self.state
+        pend = st.pending_members
+        if pend is not None and pend[0] > low:
+            h = min(h, pend[0])
+        if st.changed_at > low:  # executed the boundary, not yet stable
+            h = min(h, st.changed_at)
+        return h
+
+    def _known_checkpoint(self: Any, proof: CheckpointProof) -> bool:
+        """A checkpoint this replica certified already: the stable one, one it holds the
+        state of, or the boundary of a membership change it verified (that one is
+        signed by the set before the change, so the window's set cannot check it)."""
+        seq, digest = proof.seq, proof.state_digest
+        mine = self.snapshots.get(seq)
+        if (mine is not None and mine[1] == digest) or \
+                (self.stable_proof.seq, self.stable_proof.state_digest) == (seq, digest):
+            return True
+        return any((mp.checkpoint.seq, mp.checkpoint.state_digest) == (seq, digest)
+                   for mp in self.member_chain)
 
     # -- checkpoints --------------------------------------------------------------------
     def _after_execute(self: Any, seq: int) -> None:
         if seq % self.cfg.checkpoint_interval:
             return
         snap = self.state.snapshot()
-        digest = sha256(snap)
+        digest = state_digest(snap)
         self.snapshots[seq] = (snap, digest, self.state.members)
         self._sign(Checkpoint(seq, digest, self.me))
 
@@ -99,7 +128,7 @@ class CheckpointMixin:
             chosen = tuple(votes[s] for s in sorted(votes))[: self.members.quorum]
             self._on_stable_proof(CheckpointProof(c.seq, c.state_digest, chosen))
 
-    def _on_stable_proof(self: Any, proof: CheckpointProof) -> None:
+    def _on_stable_proof(self: Any, proof: CheckpointProof, signers: Any = None) -> None:
         if proof.seq <= self.low:
             return
         if proof.seq > self.last_executed:
@@ -112,10 +141,16 @@ class CheckpointMixin:
             return  # executed via a snapshot above it; a later checkpoint will do
         if mine[1] != proof.state_digest:
             raise AssertionError(f"state diverged at checkpoint {proof.seq}")
-        self._make_stable(proof)
+        self._make_stable(proof, signers)
 
-    def _make_stable(self: Any, proof: CheckpointProof) -> None:
+    def _make_stable(self: Any, proof: CheckpointProof, signers: Any = None,
+                     record: bool = True) -> None:
+        """Make ``proof`` (verified against ``signers``, default the window's member set)
+        the stable checkpoint; when the member set changes here, keep the change's
+        :class:`MembershipProof` (``record``)."""
         snap, _digest, members = self.snapshots[proof.seq]
+        if record and members != (signers or self.window_members):
+            self._record_change(proof, snap, signers or self.window_members)
         self.low = proof.seq
         self.stable_proof = proof
         if members != self.window_members:
@@ -135,6 +170,46 @@ class CheckpointMixin:
         entered = [0, None] if pin is None else list(pin)
         self._persist("stable", proof.seq, encode([proof.wire(), snap, *entered]))
         self._maybe_propose()
+
+    def _record_change(self: Any, proof: CheckpointProof, snap: bytes, old: Any) -> None:
+        if any(mp.checkpoint.seq == proof.seq for mp in self.member_chain):
+            return
+        body, members, pending = split_snapshot(snap)
+        mp = MembershipProof(proof, body, pending, tuple(Member(i, k) for i, k in members))
+        try:
+            verify_membership(mp, old, verify_fn=self.verify)
+        except CertificateError:
+            return  # not certified by the previous set here: learnt by state transfer
+        self._learn_changes([mp])
+
+    def _learn_changes(self: Any, proofs: list[MembershipProof], persist: bool = True) -> None:
+        """Keep (and persist, kind ``"members"``) verified membership changes."""
+        have = {mp.checkpoint.seq for mp in self.member_chain}
+        for mp in proofs:
+            if mp.checkpoint.seq not in have:
+                have.add(mp.checkpoint.seq)
+                self.member_chain.append(mp)
+                if persist:
+                    self._persist("members", mp.checkpoint.seq, mp)
+        self.member_chain.sort(key=lambda mp: mp.checkpoint.seq)
+
+    def _chain_signers(self: Any, proofs: tuple[MembershipProof, ...], seq: int) -> Any:
+        """``(member set that certifies checkpoint seq, changes verified on the way)``
+        from our window's set and the changes a peer sent, each verified with the set
+        before it; None when one does not verify."""
+        current, learnt = self.window_members, []
+        for mp in sorted(proofs, key=lambda mp: mp.checkpoint.seq):
+            at = mp.checkpoint.seq
+            if at <= self.low:
+                continue
+            if at >= seq:
+                break
+            try:
+                current = verify_membership(mp, current, verify_fn=self.verify)
+            except CertificateError:
+                return None
+            learnt.append(mp)
+        return current, learnt
 
     def _resend_checkpoint_and_view(self: Any) -> None:
         if self.my_ckpt is not None and self.my_ckpt.seq > self.low:
@@ -203,23 +278,35 @@ class CheckpointMixin:
             if slot is None or slot.cert is None:
                 break
             certs.append(slot.cert)
-        self._send(StateReply(self.stable_proof, snapshot, tuple(certs)), (sender,))
+        since = req.from_seq - self.cfg.window
+        changes = tuple(mp for mp in self.member_chain if mp.checkpoint.seq >= since)
+        self._send(StateReply(self.stable_proof, snapshot, tuple(certs), changes), (sender,))
 
     def _step_state_reply(self: Any, rep: StateReply, sender: str) -> None:
         proof = rep.checkpoint
         if proof.seq > self.low:
+            chain = self._chain_signers(rep.members, proof.seq)
+            if chain is None:
+                self._drop(sender, "bad-membership-proof")
+                return
+            signers, learnt = chain
             try:
-                verify_checkpoint(proof, self.members, verify_fn=self.verify)
+                verify_checkpoint(proof, signers, verify_fn=self.verify)
             except CertificateError:
                 self._drop(sender, "bad-checkpoint-proof")
                 return
+            self._learn_changes(learnt)
             if proof.seq <= self.last_executed:
-                self._on_stable_proof(proof)   # we missed the CHECKPOINT quorum only
+                self._on_stable_proof(proof, signers)  # we missed the CHECKPOINT quorum
             elif rep.snapshot:
-                if sha256(rep.snapshot) != proof.state_digest:
+                try:
+                    ok = state_digest(rep.snapshot) == proof.state_digest
+                except ValueError:
+                    ok = False
+                if not ok:
                     self._drop(sender, "bad-snapshot")
                     return
-                self._install_snapshot(proof, rep.snapshot)
+                self._install_snapshot(proof, rep.snapshot, signers)
         for cert in rep.decided:
             if cert.seq != self.last_executed + 1:
                 continue
@@ -232,7 +319,8 @@ class CheckpointMixin:
             slot.cert = cert
             self._execute_ready()
 
-    def _install_snapshot(self: Any, proof: CheckpointProof, snap: bytes) -> None:
+    def _install_snapshot(self: Any, proof: CheckpointProof, snap: bytes,
+                          signers: Any = None) -> None:
         try:
             self.state.restore(snap)
         except ValueError:
@@ -242,7 +330,7 @@ class CheckpointMixin:
             self.pending.pop(key)
             self.pending_since.pop(key, None)
             self.inflight.pop(key, None)
-        self._make_stable(proof)
+        self._make_stable(proof, signers)
         if not self.in_view_change:
             self.timer_on = False
             self._arm_timer()

@@ -55,7 +55,8 @@ class Record:
     ``"viewchange"`` (a VIEW-CHANGE / NEW-VIEW it signed), ``"prepared"`` (a
     prepared certificate it holds), ``"decided"`` (a commit certificate it executed),
     ``"stable"`` (a stable checkpoint: proof, snapshot and view), ``"view"`` (a view it
-    entered) or ``"request"`` (a locally proposed request). ``seq`` is the sequence
+    entered), ``"request"`` (a locally proposed request) or ``"members"`` (a completed
+    membership change with its proof). ``seq`` is the sequence
     number the record is about (view-level messages use the low watermark). ``data`` is
     canonical msgpack bytes.
     """

@@ -23,6 +23,17 @@ rejected deterministically with a reason (the request's result), never raised.
 A joining node builds its replica with the *current* member set (it is not a member yet:
 it does not vote or sign) and catches up by state transfer; once the change is effective
 it participates.
+
+State transfer across completed changes. A replica that slept through a change still
+knows only the old set, which cannot verify checkpoints signed by the new one. Each
+replica therefore keeps, per completed change, a
+:class:`~consensus.messages.MembershipProof`: the stable-checkpoint certificate at the
+change's boundary ``E`` (signed by the *old* set, which still ran the window up to ``E``)
+plus the digests that tie the new member list to that checkpoint's state digest. State
+replies carry the recent ones; the requester verifies them in order, each with the set
+before it, and then the reply's checkpoint with the resulting set
+(:meth:`CheckpointMixin._chain_signers`). Nothing is trusted that the old set did not
+sign, so a faulty peer can only withhold.
 """
 
 from __future__ import annotations

@@ -31,139 +31,33 @@ so a simulator that hands one object to 100 replicas encodes it once.
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
-
-import msgpack
 
 from identity.canonical import DecodeError, decode
 
+from .wire import (
+    DOMAIN,
+    MessageDecodeError,
+    cache_field,
+    sha256,
+    sig_field,
+)
+from .wire import Signed as _Signed
+from .wire import Wire as _Wire
+from .wire import pack as _pack
+
 __all__ = [
     "DOMAIN", "Batch", "Checkpoint", "CheckpointProof", "Commit", "CommitCertificate",
-    "Evidence", "Message", "MessageDecodeError", "NewView", "PrePrepare", "Prepare",
+    "Evidence", "Member", "MembershipProof", "Message", "MessageDecodeError", "NewView",
+    "PrePrepare", "Prepare",
     "PreparedEntry", "PreparedProof", "Request", "StateReply", "StateRequest", "ViewChange",
     "ViewChangeSummary",
     "batch_digest", "decode_message", "encode_message", "sha256",
 ]
 
-#: Domain separation prefix of every signed PBFT message.
-DOMAIN = "meshnode/pbft/1"
-_MAX_INT = 2**63 - 1
-_MAX_STR = 256
-_MAX_OP = 1024 * 1024
-_MAX_ITEMS = 4096
-
-
-class MessageDecodeError(DecodeError):
-    """Bytes that are not one well-formed PBFT message (the only error decode raises)."""
-
-
-def sha256(data: bytes) -> bytes:
-    """The 32-byte SHA-256 digest of ``data``."""
-    return hashlib.sha256(data).digest()
-
-
-class _Wire:
-    """Mixin: generic to-wire / from-wire driven by the class's ``_SPEC``."""
-
-    __slots__ = ()
-    KIND: ClassVar[int]
-    _SPEC: ClassVar[tuple[tuple[str, Any], ...]]
-
-    def wire(self) -> list[Any]:
-        return [self.KIND] + [_to_wire(getattr(self, n), t) for n, t in self._SPEC]
-
-    @classmethod
-    def from_wire(cls, obj: Any) -> Any:
-        if not isinstance(obj, list) or len(obj) != len(cls._SPEC) + 1 or obj[0] != cls.KIND:
-            raise MessageDecodeError(f"not a {cls.__name__}")
-        values = [_from_wire(v, t, n) for v, (n, t) in zip(obj[1:], cls._SPEC, strict=True)]
-        return cls(*values)
-
-
-class _Signed(_Wire):
-    """Mixin for signed messages: ``sender`` and ``sig`` are the last two fields."""
-
-    __slots__ = ()
-    _UNSIGNED: ClassVar[frozenset[str]] = frozenset({"sig"})
-
-    def wire(self) -> list[Any]:
-        cached = self._w  # type: ignore[attr-defined]
-        if cached is None:
-            cached = _Wire.wire(self)
-            object.__setattr__(self, "_w", cached)
-        return cached
-
-    def signing_bytes(self) -> bytes:
-        """Canonical bytes the sender signs: ``[DOMAIN, KIND, fields except sig]``."""
-        cached = self._sb  # type: ignore[attr-defined]
-        if cached is None:
-            body = [_to_wire(getattr(self, n), t) for n, t in self._SPEC if n not in self._UNSIGNED]
-            cached = _pack([DOMAIN, self.KIND, *body])
-            object.__setattr__(self, "_sb", cached)
-        return cached
-
-
-def _pack(obj: Any) -> bytes:
-    """Canonical encoding of a wire value. Wire values are arrays of ints, strs, bytes,
-    bools and None only (no maps, no floats), for which plain msgpack with the bin type
-    *is* the canonical form of :func:`identity.canonical.encode` (same bytes, checked in
-    the tests), without its per-node normalisation pass."""
-    return msgpack.packb(obj, use_bin_type=True)
-
-
-def _to_wire(value: Any, typ: Any) -> Any:
-    if isinstance(typ, tuple):  # ("tuple", Cls) or ("opt", Cls)
-        kind, cls = typ
-        if kind == "tuple":
-            return [v.wire() for v in value]
-        return None if value is None else value.wire()
-    if isinstance(typ, type) and issubclass(typ, _Wire):
-        return value.wire()
-    return value
-
-
-def _from_wire(value: Any, typ: Any, name: str) -> Any:
-    if isinstance(typ, tuple):
-        kind, cls = typ
-        if kind == "tuple":
-            if not isinstance(value, list) or len(value) > _MAX_ITEMS:
-                raise MessageDecodeError(f"{name}: expected a list")
-            return tuple(cls.from_wire(v) for v in value)
-        return None if value is None else cls.from_wire(value)
-    if isinstance(typ, type) and issubclass(typ, _Wire):
-        return typ.from_wire(value)
-    if typ == "int":
-        if type(value) is not int or not 0 <= value <= _MAX_INT:
-            raise MessageDecodeError(f"{name}: expected a non-negative int")
-        return value
-    if typ == "str":
-        if type(value) is not str or len(value.encode("utf-8")) > _MAX_STR:
-            raise MessageDecodeError(f"{name}: expected a short str")
-        return value
-    if typ == "bool":
-        if type(value) is not bool:
-            raise MessageDecodeError(f"{name}: expected a bool")
-        return value
-    # bytes: "b32", "b64" exact; "bytes" bounded
-    if type(value) is not bytes:
-        raise MessageDecodeError(f"{name}: expected bytes")
-    if typ == "b32" and len(value) != 32 or typ == "b64" and len(value) != 64:
-        raise MessageDecodeError(f"{name}: wrong length {len(value)}")
-    if typ == "bytes" and len(value) > _MAX_OP:
-        raise MessageDecodeError(f"{name}: too long")
-    return value
-
-
-def _sig() -> Any:
-    return field(default=b"", compare=True)
-
-
-def _cache() -> Any:
-    """A memo slot (signing bytes, wire form): not an init argument, so
-    ``dataclasses.replace`` never copies a stale memo into the new message."""
-    return field(default=None, init=False, compare=False, repr=False, hash=False)
+_sig = sig_field
+_cache = cache_field
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,30 +241,36 @@ class CommitCertificate(_Wire):
 
 
 def _vc_signing_bytes(new_view: int, ckpt_seq: int, ckpt_digest: bytes,
-                      entries: list[list[Any]], sender: str) -> bytes:
-    return _pack([DOMAIN, ViewChange.KIND, new_view, ckpt_seq, ckpt_digest, entries, sender])
+                      entries: list[list[Any]], executed: int, sender: str) -> bytes:
+    return _pack([DOMAIN, ViewChange.KIND, new_view, ckpt_seq, ckpt_digest, entries, executed,
+                  sender])
 
 
 @dataclass(frozen=True, slots=True)
 class ViewChange(_Signed):
     """VIEW-CHANGE(v+1, n, C, P, i) (TOCS 4.4): ``checkpoint`` is the sender's stable
-    checkpoint proof (n and C), ``prepared`` its prepared certificates above it (P).
+    checkpoint proof (n and C), ``prepared`` its prepared certificates above it (P),
+    ``executed`` its last executed sequence number (not in the paper: lets the new
+    primary and the backups catch up before they compute who leads the new view, see
+    :mod:`consensus.viewchange`).
 
     The signature covers ``(new_view, n, state digest, [(seq, view, digest) of P],
-    sender)`` only, not the proofs (they verify on their own against those values), so
-    a NEW-VIEW can carry the signed :meth:`summary` instead of the whole message."""
+    executed, sender)`` only, not the proofs (they verify on their own against those
+    values), so a NEW-VIEW can carry the signed :meth:`summary` instead of the whole
+    message."""
 
     new_view: int
     checkpoint: CheckpointProof
     prepared: tuple[PreparedProof, ...]
+    executed: int
     sender: str
     sig: bytes = _sig()
     _sb: bytes | None = _cache()
     _w: list[Any] | None = _cache()
     KIND: ClassVar[int] = 14
     _SPEC: ClassVar = (("new_view", "int"), ("checkpoint", CheckpointProof),
-                       ("prepared", ("tuple", PreparedProof)), ("sender", "str"),
-                       ("sig", "b64"))
+                       ("prepared", ("tuple", PreparedProof)), ("executed", "int"),
+                       ("sender", "str"), ("sig", "b64"))
 
     def signing_bytes(self) -> bytes:
         cached = self._sb
@@ -378,7 +278,7 @@ class ViewChange(_Signed):
             cp = self.checkpoint
             cached = _vc_signing_bytes(self.new_view, cp.seq, cp.state_digest,
                                        [[p.seq, p.view, p.digest] for p in self.prepared],
-                                       self.sender)
+                                       self.executed, self.sender)
             object.__setattr__(self, "_sb", cached)
         return cached
 
@@ -388,7 +288,7 @@ class ViewChange(_Signed):
         return ViewChangeSummary(
             self.new_view, cp.seq, cp.state_digest,
             tuple(PreparedEntry(p.seq, p.view, p.digest) for p in self.prepared),
-            self.sender, self.sig)
+            self.executed, self.sender, self.sig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,23 +306,25 @@ class PreparedEntry(_Wire):
 class ViewChangeSummary(_Wire):
     """The signed part of a :class:`ViewChange` (same signature): its new view, the
     sequence number and state digest of its stable checkpoint and the
-    :class:`PreparedEntry` s of its prepared certificates."""
+    :class:`PreparedEntry` s of its prepared certificates, its last executed sequence
+    number."""
 
     new_view: int
     ckpt_seq: int
     ckpt_digest: bytes
     prepared: tuple[PreparedEntry, ...]
+    executed: int
     sender: str
     sig: bytes
     KIND: ClassVar[int] = 24
     _SPEC: ClassVar = (("new_view", "int"), ("ckpt_seq", "int"), ("ckpt_digest", "b32"),
-                       ("prepared", ("tuple", PreparedEntry)), ("sender", "str"),
-                       ("sig", "b64"))
+                       ("prepared", ("tuple", PreparedEntry)), ("executed", "int"),
+                       ("sender", "str"), ("sig", "b64"))
 
     def signing_bytes(self) -> bytes:
         return _vc_signing_bytes(self.new_view, self.ckpt_seq, self.ckpt_digest,
                                  [[p.seq, p.view, p.digest] for p in self.prepared],
-                                 self.sender)
+                                 self.executed, self.sender)
 
 
 @dataclass(frozen=True, slots=True)
@@ -462,24 +364,57 @@ class StateRequest(_Wire):
 
 
 @dataclass(frozen=True, slots=True)
+class Member(_Wire):
+    """One member: id and 32-byte Ed25519 public key."""
+
+    id: str
+    key: bytes
+    KIND: ClassVar[int] = 25
+    _SPEC: ClassVar = (("id", "str"), ("key", "b32"))
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipProof(_Wire):
+    """The member set that took effect at checkpoint ``checkpoint.seq`` (a membership
+    change's boundary), proven to whoever knows the previous set: ``checkpoint`` is the
+    stable-checkpoint certificate at the boundary (signed by the previous set) and its
+    state digest is ``sha256(body_digest || sha256(members) || pending_digest)``
+    (:func:`consensus.state.digest_parts`). Verify with
+    :func:`consensus.certificate.verify_membership`."""
+
+    checkpoint: CheckpointProof
+    body_digest: bytes
+    pending_digest: bytes
+    members: tuple[Member, ...]
+    KIND: ClassVar[int] = 26
+    _SPEC: ClassVar = (("checkpoint", CheckpointProof), ("body_digest", "b32"),
+                       ("pending_digest", "b32"), ("members", ("tuple", Member)))
+
+
+@dataclass(frozen=True, slots=True)
 class StateReply(_Wire):
     """State transfer reply: the responder's stable checkpoint proof, the replicated-state
-    snapshot at it (empty when the requester does not need it), and commit certificates
-    for the decided batches after it, in sequence order."""
+    snapshot at it (empty when the requester does not need it), commit certificates
+    for the decided batches after it, in sequence order, and the membership changes that
+    took effect recently (so a requester that still knows an older member set can verify
+    the proof: each change is certified by the set before it)."""
 
     checkpoint: CheckpointProof
     snapshot: bytes
     decided: tuple[CommitCertificate, ...]
+    members: tuple[MembershipProof, ...] = ()
     KIND: ClassVar[int] = 31
     _SPEC: ClassVar = (("checkpoint", CheckpointProof), ("snapshot", "bytes"),
-                       ("decided", ("tuple", CommitCertificate)))
+                       ("decided", ("tuple", CommitCertificate)),
+                       ("members", ("tuple", MembershipProof)))
 
 
 Message = (Request | PrePrepare | Prepare | Commit | Checkpoint | ViewChange | NewView
            | StateRequest | StateReply)
 _TOP = {c.KIND: c for c in (Request, PrePrepare, Prepare, Commit, Checkpoint, ViewChange,
                             NewView, StateRequest, StateReply, CommitCertificate, Evidence,
-                            PreparedProof, CheckpointProof, Batch, ViewChangeSummary)}
+                            PreparedProof, CheckpointProof, Batch, ViewChangeSummary,
+                            MembershipProof)}
 
 
 def encode_message(msg: Any) -> bytes:

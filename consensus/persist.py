@@ -19,7 +19,11 @@ canonical msgpack):
 ``"view"``      ``[view, primary]``: the replica entered that view (accepted the
                 NEW-VIEW that ``primary`` sent; the pin survives restarts);
 ``"request"``   a request submitted locally with ``propose`` (re-submitted on restart
-                until executed; delete it once a decided batch contains it).
+                until executed; delete it once a decided batch contains it);
+``"members"``   a :class:`~consensus.messages.MembershipProof`: a completed membership
+                change (``seq`` its boundary), served to lagging replicas so they can
+                verify checkpoints of newer member sets. Never compacted (one per
+                change).
 
 Compaction: once a ``"stable"`` record at ``s`` is durable, records with ``seq <= s``
 of the kinds ``msg``, ``prepared`` and older ``stable`` may be deleted (``decided``
@@ -60,9 +64,9 @@ from .messages import (
     ViewChange,
     batch_digest,
     decode_message,
-    sha256,
 )
-from .messages import _pack as pack_wire
+from .state import state_digest
+from .wire import pack as pack_wire
 
 __all__ = ["pack_prepared", "restore", "unpack_prepared"]
 
@@ -79,6 +83,9 @@ def restore(me: str, members: Any, records: Iterable[Record], *, replica_cls: An
     r = replica_cls(me, members, **kwargs)
     r.entering = True  # no new batches until every record is back (next_seq!)
     try:
+        r.member_chain = []
+        r._learn_changes([decode_message(x.data) for x in records if x.kind == "members"],
+                         persist=False)
         _restore_stable(r, [x for x in records if x.kind == "stable"])
         _restore_decided(r, [x for x in records if x.kind == "decided"])
         view, entered = 0, 0
@@ -132,11 +139,11 @@ def _restore_stable(r: Any, stables: list[Record]) -> None:
     rec = max(stables, key=lambda x: x.seq)
     proof_w, snap, _view, _primary = decode(rec.data)
     proof = CheckpointProof.from_wire(proof_w)
-    if sha256(snap) != proof.state_digest:
+    if state_digest(snap) != proof.state_digest:
         raise ValueError("stable record snapshot does not match its proof")
     r.state.restore(snap)
     r.snapshots[proof.seq] = (snap, proof.state_digest, r.state.members)
-    r._make_stable(proof)
+    r._make_stable(proof, record=False)
 
 
 def _restore_decided(r: Any, decided: list[Record]) -> None:

@@ -3,8 +3,10 @@
 Theory of operation
 -------------------
 Everything a replica derives from the committed log lives in :class:`ReplicatedState`,
-so its snapshot (and the SHA-256 of the snapshot, the checkpoint *state digest*) covers
-all of it and state transfer moves all of it (TOCS 2002, 4.3 and 6.2):
+so its snapshot (and the checkpoint *state digest* of the snapshot,
+:func:`state_digest`) covers all of it and state transfer moves all of it (TOCS 2002,
+4.3 and 6.2). The digest hashes the member set separately from the rest, so the member
+set of a checkpoint can be proven without the snapshot:
 
 * the application :class:`StateMachine` (``apply(seq, requests) -> results``);
 * the client table for request de-duplication (TOCS 4.1: each client's requests execute
@@ -27,10 +29,11 @@ from identity.canonical import DecodeError, decode
 
 from .leader import Reputation
 from .messages import Batch, Request, sha256
-from .messages import _pack as pack_wire
 from .quorum import Membership
+from .wire import pack as pack_wire
 
-__all__ = ["DEDUP_WINDOW", "NullStateMachine", "ReplicatedState", "StateMachine", "SYSTEM"]
+__all__ = ["DEDUP_WINDOW", "NullStateMachine", "ReplicatedState", "StateMachine", "SYSTEM",
+           "digest_parts", "split_snapshot", "state_digest"]
 
 #: Request ids more than this far below a client's highest executed id are stale.
 DEDUP_WINDOW = 256
@@ -105,6 +108,7 @@ class ReplicatedState:
         self.K = checkpoint_interval
         self.window = window
         self.pending_members: tuple[int, Membership] | None = None
+        self.changed_at = 0  # boundary where ``members`` last changed here (not replicated)
         self.clients: dict[str, _Client] = {}
         self.reputation = Reputation()
         self.last_seq = 0
@@ -148,6 +152,7 @@ class ReplicatedState:
         if self.pending_members is not None and self.pending_members[0] <= seq:
             self.members = self.pending_members[1]
             self.pending_members = None
+            self.changed_at = seq
 
     def last_reply(self, client: str, rid: int) -> bytes | None:
         """The result of ``client``'s request ``rid`` when it was the last one executed."""
@@ -156,23 +161,27 @@ class ReplicatedState:
 
     # -- snapshots ------------------------------------------------------------------
     def snapshot(self) -> bytes:
+        """``[body, members, pending]`` (canonical msgpack): ``body`` is the packed
+        ``[last_seq, app snapshot, client table, reputation]``; its digest is
+        :func:`state_digest`."""
         clients = [[k, c.max_rid, c.window(), c.last_rid, c.last_result]
                    for k, c in sorted(self.clients.items())]
         pend: Any = None
         if self.pending_members is not None:
             pend = [self.pending_members[0], self.pending_members[1].wire()]
         # wire values only (no maps, no floats): plain msgpack is the canonical encoding
-        return pack_wire([self.last_seq, self.app.snapshot(), clients, self.members.wire(),
-                          pend, self.reputation.wire()])
+        body = pack_wire([self.last_seq, self.app.snapshot(), clients, self.reputation.wire()])
+        return pack_wire([body, self.members.wire(), pend])
 
     def digest(self) -> bytes:
-        return sha256(self.snapshot())
+        return state_digest(self.snapshot())
 
     def restore(self, snapshot: bytes) -> None:
         """Install a snapshot. Raises ValueError when it is malformed (caller verified its
         digest against a checkpoint certificate first)."""
         try:
-            last, app, clients, members, pend, rep = decode(snapshot)
+            body, members, pend = decode(snapshot)
+            last, app, clients, rep = decode(body)
             self.clients = {k: _Client(m, set(r), lr, res) for k, m, r, lr, res in clients}
             self.members = Membership.of({i: k for i, k in members})
             self.pending_members = None if pend is None else (
@@ -182,6 +191,31 @@ class ReplicatedState:
             raise ValueError(f"bad snapshot: {exc}") from None
         self.app.restore(app)
         self.last_seq = last
+
+
+def digest_parts(body_digest: bytes, members_wire: Any, pending_digest: bytes) -> bytes:
+    """The state digest from its parts: ``sha256(sha256(body) || sha256(members) ||
+    sha256(pending))``, so a member set can be proven against a checkpoint with two
+    digests instead of the whole snapshot (:class:`~consensus.messages.MembershipProof`)."""
+    return sha256(body_digest + sha256(pack_wire(members_wire)) + pending_digest)
+
+
+def split_snapshot(snapshot: bytes) -> tuple[bytes, Any, bytes]:
+    """``(sha256(body), members wire, sha256(pending))`` of a snapshot. Raises ValueError
+    when it is not ``[bytes, list, pending]``."""
+    try:
+        body, members, pend = decode(snapshot, max_bytes=len(snapshot))
+    except (DecodeError, TypeError, ValueError) as exc:
+        raise ValueError(f"bad snapshot: {exc}") from None
+    if not isinstance(body, bytes) or not isinstance(members, list):
+        raise ValueError("bad snapshot: not [body, members, pending]")
+    return sha256(body), members, sha256(pack_wire(pend))
+
+
+def state_digest(snapshot: bytes) -> bytes:
+    """The checkpoint state digest of a snapshot (raises ValueError when malformed)."""
+    body_digest, members, pending_digest = split_snapshot(snapshot)
+    return digest_parts(body_digest, members, pending_digest)
 
 
 def _is_system(req: Request) -> bool:

@@ -49,6 +49,7 @@ from .messages import (
     PreparedEntry,
     PreparedProof,
     PrePrepare,
+    StateRequest,
     ViewChange,
     ViewChangeSummary,
     batch_digest,
@@ -91,6 +92,8 @@ class ViewChangeMixin:
         self.nv_building: int | None = None
         self.nv_sent_to: dict[str, int] = {}
         self.nv_deferred: NewView | None = None  # from a primary we cannot confirm yet
+        self.catchup_since: tuple[int, int] = (-1, 0)  # (view, tick): see _behind_quorum
+        self.fetched_for_view = False
         self.entering = False  # inside _enter_view: no new batches yet
 
     def _on_timeout(self: Any) -> None:
@@ -107,12 +110,14 @@ class ViewChangeMixin:
         self.failed_views += 1
         self.view = view
         self.in_view_change = True
+        self.fetched_for_view = False
         self.timer_on = False  # runs once a quorum wants this view (_vc_timer)
         self.my_nv = None
         self.nv_building = None
         prepared = tuple(s.prepared for q, s in sorted(self.slots.items())
                          if q > self.low and s.prepared is not None)
-        self._sign(ViewChange(view, self.stable_proof, prepared, self.me))
+        self._sign(ViewChange(view, self.stable_proof, prepared, self.last_executed,
+                              self.me))
 
     def _valid_view_change(self: Any, vc: ViewChange) -> bool:
         """Signature, checkpoint proof and every prepared certificate of ``vc`` (proofs
@@ -124,8 +129,7 @@ class ViewChangeMixin:
             if vc.sender != self.me:
                 if not self.members.check_signed(vc, self.verify):
                     return False
-                mine = self.snapshots.get(cp.seq)
-                if mine is None or mine[1] != cp.state_digest:  # else: we hold that state
+                if not self._known_checkpoint(cp):
                     verify_checkpoint(cp, self.members, verify_fn=self.verify)
             for p in vc.prepared:
                 if not (cp.seq < p.seq <= cp.seq + self.cfg.window) or p.view >= vc.new_view:
@@ -201,9 +205,9 @@ class ViewChangeMixin:
             return
         others = [votes[s] for s in sorted(votes) if s != self.me][: self.members.quorum - 1]
         vcs = (votes[self.me], *others)
-        if max(vc.checkpoint.seq for vc in vcs) > self.last_executed:
-            return  # behind the quorum: its state may name another primary (_caught_up)
         summaries = tuple(vc.summary() for vc in vcs)
+        if self._behind_quorum(summaries):
+            return  # its state may name another primary: catch up first (_caught_up)
         _min_s, chosen, o = compute_new_view(v, self.me, summaries)
         have = {(p.seq, p.view, p.digest): p for vc in vcs for p in vc.prepared}
         proofs = tuple(have[(e.seq, e.view, e.digest)] for _, e in sorted(chosen.items()))
@@ -231,12 +235,10 @@ class ViewChangeMixin:
             self._drop(sender, "stale-view")
             return
         if nv.sender != self.primary(nv.view):
-            if max((vc.ckpt_seq for vc in nv.view_changes), default=0) > \
-                    self.last_executed:
-                # behind the quorum: the primary we compute may be stale; retry the
-                # NEW-VIEW once state transfer caught us up (_caught_up)
+            if self._behind_quorum(nv.view_changes):
+                # the primary we compute may be stale: retry the NEW-VIEW once state
+                # transfer caught us up (_caught_up)
                 self.nv_deferred = nv
-                self._request_state()
             self._drop(sender, "not-primary")
             return
         if nv.sender != self.me and not self._valid_new_view(nv):
@@ -278,8 +280,7 @@ class ViewChangeMixin:
         if len(nv.proofs) != len(chosen) or len(nv.pre_prepares) != len(o):
             return False
         try:
-            mine_cp = self.snapshots.get(cp.seq)
-            if mine_cp is None or mine_cp[1] != cp.state_digest:
+            if not self._known_checkpoint(cp):
                 verify_checkpoint(cp, m, verify_fn=self.verify)
             for p, (_, e) in zip(nv.proofs, sorted(chosen.items()), strict=True):
                 if (p.seq, p.view, p.digest) != (e.seq, e.view, e.digest):
@@ -343,6 +344,39 @@ class ViewChangeMixin:
             batch = null if batch_digest(null) == pp.digest else None
         return pp if batch is None else dataclasses.replace(pp, batch=batch)
 
+    def _behind_quorum(self: Any, vcs: tuple[ViewChangeSummary, ...]) -> bool:
+        """True (and fetch state from a replica that is ahead) while ``vcs`` show that
+        this replica executed less than the quorum: the primary of a view is computed
+        from executed state (:mod:`consensus.leader`), so catching up first is how
+        replicas agree on it. Below the quorum's highest stable checkpoint (certified)
+        or the ``f + 1``-th highest ``executed`` it reports (one of those is honest) we
+        wait as long as it takes; below the highest ``executed`` (which a faulty member
+        may inflate) only for one ``resend_interval`` per view."""
+        if not vcs:
+            return False
+        ranked = sorted(((vc.executed, vc.sender) for vc in vcs), reverse=True)
+        k = min(self.members.weak, len(ranked))
+        must = max(ranked[k - 1][0], max(vc.ckpt_seq for vc in vcs))
+        mine = self.last_executed
+        if mine >= ranked[0][0] and mine >= must:
+            return False
+        if mine >= must:  # only possibly behind: a grace period, then go on
+            view, since = self.catchup_since
+            if view != vcs[0].new_view:
+                self.catchup_since = (vcs[0].new_view, self.now)
+            elif self.now - since >= self.cfg.resend_interval:
+                return False
+        ahead = [s for e, s in ranked if s != self.me and e > mine]
+        if self.now - self.last_fetch >= self.cfg.resend_interval or not self.fetched_for_view:
+            self.fetched_for_view = True
+            self.last_fetch = self.now
+            self.fetch_round += 1
+            if ahead:
+                self._send(StateRequest(mine + 1), (ahead[self.fetch_round % len(ahead)],))
+            else:
+                self._request_state()
+        return True
+
     def _caught_up(self: Any) -> None:
         """Executed more while changing views: the primary of the new view may now be
         computed from fresher committed state; retry a deferred NEW-VIEW, or build ours."""
@@ -372,4 +406,5 @@ class ViewChangeMixin:
     def _resend_view(self: Any) -> None:
         if self.in_view_change and self.my_vc is not None and self.my_vc.new_view == self.view:
             self._send(self.my_vc, self._others())
+        self._maybe_new_view()  # a new primary that was catching up tries again
 

@@ -3,15 +3,26 @@ boundary; n, f and quorums follow the member set."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
 from pbft_harness import Net
 
-from consensus.certificate import NotAMember, NotEnoughSigners, verify
+from consensus.certificate import (
+    CertificateError,
+    NotAMember,
+    NotEnoughSigners,
+    verify,
+    verify_membership,
+)
 from consensus.membership import (
     MEMBERS_CLIENT,
     REJECTED,
     endorsement_bytes,
     member_op,
 )
+from consensus.messages import Member
+from consensus.quorum import Membership
 from consensus.replica import Config
 
 CFG = Config(checkpoint_interval=4, window=8, batch_size=1, view_timeout=20,
@@ -98,3 +109,56 @@ def test_certificates_after_a_change_need_the_new_member_set() -> None:
             except (NotAMember, NotEnoughSigners):
                 continue
             raise AssertionError("old member set accepted a new-member certificate")
+
+
+def test_a_lagging_replica_catches_up_across_a_completed_change() -> None:
+    """r003 is down while r004 joins and while the new set takes checkpoints that only
+    it can certify (quorum 4 of 5 without r003 needs r004). Restarted, r003 must verify
+    the chain of committed changes (each new set certified by the previous one at its
+    boundary checkpoint) to accept the newer checkpoint, then catch up and vote again."""
+    net = Net(4, seed=4, config=CFG)
+    net.crash("r003")
+    newcomer = net.add_node("r004")
+    op = endorse(net, "add", "r004", newcomer.public_key, ["r000", "r001", "r002"])
+    net.propose("r000", op, client=MEMBERS_CLIENT, rid=1)
+    up = ["r000", "r001", "r002"]
+    fill(net, 30, "a", who=up)
+    net.run(40)
+    assert all(net.replicas[i].members.n == 5 and net.replicas[i].low > 16
+               for i in (*up, "r004"))
+    net.restart("r003")
+    net.crash("r002")                    # now r003 is needed for every quorum (4 of 5)
+    later = fill(net, 8, "b", who=["r000", "r001", "r003", "r004"])
+    r3 = net.replicas["r003"]
+    assert r3.members.n == 5 and r3.voting
+    assert net.all_decided(later, who=["r003"])
+    net.check_safety()
+    # the chain survives a restart of the replica that learnt it by state transfer
+    net.crash("r003")
+    net.restart("r003")
+    assert net.replicas["r003"].member_chain == r3.member_chain != []
+
+
+def test_membership_proofs_verify_only_with_the_previous_set() -> None:
+    net = Net(4, seed=5, config=CFG)
+    newcomer = net.add_node("r004")
+    op = endorse(net, "add", "r004", newcomer.public_key, ["r000", "r001", "r002"])
+    net.propose("r000", op, client=MEMBERS_CLIENT, rid=1)
+    fill(net, 24, "p")
+    chain = net.replicas["r001"].member_chain
+    assert len(chain) == 1
+    mp = chain[0]
+    old = Membership.of({i: k for i, k in net.members.items() if i != "r004"})
+    new = verify_membership(mp, old)
+    assert new.ids == ("r000", "r001", "r002", "r003", "r004")
+    evil = Member("r005", net.members["r001"])
+    tampered = [
+        dataclasses.replace(mp, members=(*mp.members, evil)),          # digest mismatch
+        dataclasses.replace(mp, members=mp.members[::-1]),             # not canonical
+        dataclasses.replace(mp, body_digest=bytes(32)),
+    ]
+    for bad in tampered:
+        with pytest.raises(CertificateError):
+            verify_membership(bad, old)
+    with pytest.raises(CertificateError):
+        verify_membership(mp, new)      # the new set did not sign its own boundary

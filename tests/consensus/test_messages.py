@@ -14,6 +14,8 @@ from consensus.messages import (
     Commit,
     CommitCertificate,
     Evidence,
+    Member,
+    MembershipProof,
     MessageDecodeError,
     NewView,
     Prepare,
@@ -47,13 +49,14 @@ def samples() -> list[object]:
     ck = _sign(Checkpoint(16, bytes(32), "r002"))
     proof = CheckpointProof(16, bytes(32), (ck,))
     pproof = PreparedProof(3, 7, d, "r001", pp.sig, b"\x60", prep.sig * 2)
-    vc = _sign(ViewChange(4, proof, (pproof,), "r002"))
+    vc = _sign(ViewChange(4, proof, (pproof,), 20, "r002"))
     bare = PrePrepare(4, 7, d, "r001", pp.sig)
     nv = _sign(NewView(4, (vc.summary(),), proof, (pproof,), (bare,), "r001"))
     cert = CommitCertificate(7, 3, batch, (com,))
     return [Request("c", 1, b"x"), pp, prep, com, ck, vc, nv, StateRequest(5),
             StateReply(proof, b"snap", (cert,)), cert, Evidence(b"a", b"b"), batch, proof,
-            pproof, vc.summary()]
+            pproof, vc.summary(),
+            MembershipProof(proof, bytes(32), bytes(32), (Member("r001", bytes(32)),))]
 
 
 def test_round_trip_every_kind() -> None:
@@ -111,7 +114,7 @@ def test_arbitrary_bytes_raise_only_decode_error(data: bytes) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.sampled_from(range(15)), st.data())
+@given(st.sampled_from(range(16)), st.data())
 def test_mutated_messages_raise_only_decode_error(i: int, data: st.DataObject) -> None:
     raw = bytearray(encode_message(samples()[i]))
     for _ in range(data.draw(st.integers(1, 4))):

@@ -1,5 +1,7 @@
-"""Random schedules (Hypothesis): drop / duplicate / reorder / delay, crashes and up to f
-Byzantine replicas of mixed strategies. Safety always; liveness once the network turns
+"""Random schedules (Hypothesis): drop / duplicate / reorder / delay, crashes, up to f
+Byzantine replicas of mixed strategies and (in some schedules) a membership change: a
+node joins, or a Byzantine member is removed. Safety always; liveness (every honest
+replica, a newcomer included, executes every operation) once the network turns
 synchronous. A deliberately broken replica shows the checks catch what they claim."""
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pbft_harness import STRATEGIES, Net
 
+from consensus.membership import MEMBERS_CLIENT, endorsement_bytes, member_op
+from consensus.quorum import faults
 from consensus.replica import Config, Replica
 
 CFG = Config(checkpoint_interval=4, window=8, batch_size=3, view_timeout=10,
@@ -39,11 +43,14 @@ def scenario(seed: int, n: int, *, byz: dict[str, str] | None = None, ticks: int
     net.dup = rng.choice([0.0, 0.1])
     net.max_delay = rng.choice([0, 1, 3, 8])
     want: list[bytes] = []
-    for _ in range(ticks):
-        live = [i for i in net.honest if i not in net.down]
+    change_at = rng.randrange(ticks // 2) if rng.random() < 0.4 else -1
+    for t in range(ticks):
+        live = [i for i in net.honest if i not in net.down and net.replicas[i].voting]
         if rng.random() < 0.2 and live:
             want.append(f"op{len(want)}".encode())
             net.propose(rng.choice(live), want[-1], client="c", rid=len(want))
+        if t == change_at and live:
+            f = change_members(net, rng, live, byz)
         if rng.random() < 0.02:
             i = rng.choice(net.honest)
             if i in net.down:
@@ -58,14 +65,33 @@ def scenario(seed: int, n: int, *, byz: dict[str, str] | None = None, ticks: int
         net.restart(i)
     net.drop, net.dup, net.max_delay = 0.0, 0.0, 1
     net.run(50)
+    voters = [i for i in net.honest if net.replicas[i].voting]  # (observers only listen)
     for k, op in enumerate(want):  # the client retransmits what a crash may have lost
         if not net.all_decided([op]):
-            net.propose(net.honest[k % len(net.honest)], op, client="c", rid=k + 1)
+            net.propose(voters[k % len(voters)], op, client="c", rid=k + 1)
     net.run(4000, until=lambda: net.all_decided(want))
     net.check_safety()
     net.check_no_equivocation()
     check_primaries_agree(net)
     return net
+
+
+def change_members(net: Net, rng: random.Random, live: list[str], byz: dict[str, str]) -> int:
+    """Propose one quorum-endorsed membership change: add a new (honest) node, or remove
+    a Byzantine member when that keeps f. Returns the f the crash budget may use from
+    now on (the smaller of the old and the new set's)."""
+    members = net.replicas[live[0]].state.members
+    if byz and members.n >= 7 and rng.random() < 0.5:
+        action, who = "remove", sorted(byz)[0]
+        key = net.members[who]
+    else:
+        action, who = "add", f"r{len(net.ids):03d}"
+        key = net.add_node(who).public_key
+    data = endorsement_bytes(members, action, who, key)
+    by = list(members.ids[: members.quorum])
+    op = member_op(action, who, key, {m: net.signers[m].sign(data) for m in by})
+    net.propose(rng.choice(live), op, client=MEMBERS_CLIENT, rid=1)
+    return min(faults(members.n), faults(members.n + (1 if action == "add" else -1)))
 
 
 def check_primaries_agree(net: Net) -> None:

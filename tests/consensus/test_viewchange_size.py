@@ -64,7 +64,7 @@ def worst_case(n: int, window: int, *, real: bool) -> tuple[ViewChange, NewView,
             Request("x", seq, b""),)))
         pp = sign(PrePrepare(view, seq, d, voters[0]))
         prepared.append(prepared_proof(pp, [sign(Prepare(view, seq, d, v)) for v in voters], m))
-    vcs = [sign(ViewChange(view + 1, proof, tuple(prepared), v)) for v in voters]
+    vcs = [sign(ViewChange(view + 1, proof, tuple(prepared), low + window, v)) for v in voters]
     summaries = tuple(vc.summary() for vc in vcs)
     primary = voters[1]
     _min_s, chosen, o = compute_new_view(view + 1, primary, summaries)
