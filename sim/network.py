@@ -34,7 +34,7 @@ import dataclasses
 import math
 import random
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from sim.engine import Engine
@@ -189,14 +189,6 @@ class LinkCut:
                f"{format_nodeset(self.dst)}"
 
 
-def _group_of(item: Partition) -> dict[int, int]:
-    group_of: dict[int, int] = {}
-    for idx, group in enumerate(item.groups):
-        for node in group:
-            group_of[node] = idx
-    return group_of
-
-
 def _window(start_s: float, end_s: float | None) -> str:
     end = "never" if end_s is None else f"{end_s:g}s"
     return f"{start_s:g}s-{end}"
@@ -295,10 +287,10 @@ class Network:
         self.stats = NetworkStats()
         self._receiver = receiver
         self._rng = rng or engine.child_rng("network")
-        self._group_maps: list[tuple[Partition, dict[int, int]]] = []
-        self._cuts: list[LinkCut] = []
-        # every scheduled partition/cut: (start_s, end_s or inf, item, group_of or None)
-        self._windows: list[tuple[float, float, Partition | LinkCut, dict[int, int] | None]] = []
+        # every scheduled partition/cut: (start_s, end_s or inf, item, groups): groups[i]
+        # is node i's group in a Partition (-1: unlisted), None for a LinkCut
+        self._windows: list[tuple[float, float, Partition | LinkCut, list[int] | None]] = []
+        self._active: list[tuple[float, float, Partition | LinkCut, list[int] | None]] = []
         self._last_arrival: dict[tuple[int, int], float] = {}
         self._link_free: dict[tuple[int, int], float] = {}
         self._tracing = engine.tracing
@@ -309,102 +301,106 @@ class Network:
     # -- partitions -----------------------------------------------------------------
     def schedule(self, item: Partition | LinkCut) -> None:
         """Apply a partition or cut at its start time and lift it at its end time."""
-        group_of = None if isinstance(item, LinkCut) else _group_of(item)
+        groups = None
+        if isinstance(item, Partition):
+            groups = [-1] * self.n_nodes
+            for idx, group in enumerate(item.groups):
+                for node in group:
+                    groups[node] = idx
         end = math.inf if item.end_s is None else item.end_s
-        self._windows.append((item.start_s, end, item, group_of))
-        self.engine.schedule_at(max(item.start_s, self.engine.now), self._activate, item)
+        window = (item.start_s, end, item, groups)
+        self._windows.append(window)
+        self.engine.schedule_at(max(item.start_s, self.engine.now), self._activate, window)
         if item.end_s is not None:
-            self.engine.schedule_at(max(item.end_s, self.engine.now), self._heal, item)
+            self.engine.schedule_at(max(item.end_s, self.engine.now), self._heal, window)
 
-    def _activate(self, item: Partition | LinkCut) -> None:
-        self.engine.record("partition", item.describe())
-        if isinstance(item, LinkCut):
-            self._cuts.append(item)
-            return
-        self._group_maps.append((item, _group_of(item)))
+    def _activate(self, window: tuple) -> None:
+        self.engine.record("partition", window[2].describe())
+        self._active.append(window)
 
-    def _heal(self, item: Partition | LinkCut) -> None:
-        self.engine.record("heal", item.describe())
-        if isinstance(item, LinkCut):
-            self._cuts.remove(item)
-        else:
-            self._group_maps = [(p, g) for p, g in self._group_maps if p is not item]
+    def _heal(self, window: tuple) -> None:
+        self.engine.record("heal", window[2].describe())
+        self._active.remove(window)
+
+    @staticmethod
+    def _cuts(windows: list[tuple], src: int, dst: int) -> bool:
+        for window in windows:
+            groups = window[3]
+            if groups is None:
+                cut = window[2]
+                if src in cut.src and dst in cut.dst:
+                    return True
+            elif groups[src] != groups[dst]:
+                return True
+        return False
+
+    def _windows_at(self, time_s: float) -> list[tuple]:
+        return [w for w in self._windows if w[0] <= time_s < w[1]]
 
     def blocked_at(self, src: int, dst: int, time_s: float) -> bool:
         """True when a scheduled partition or cut blocks src -> dst at ``time_s``
         (virtual seconds; a window is ``[start, end)``)."""
-        if src == dst:
-            return False
-        for start, end, item, group_of in self._windows:
-            if not start <= time_s < end:
-                continue
-            if group_of is None:
-                if src in item.src and dst in item.dst:  # type: ignore[union-attr]
-                    return True
-            elif group_of.get(src, -1) != group_of.get(dst, -1):
-                return True
-        return False
+        return src != dst and self._cuts(self._windows_at(time_s), src, dst)
 
     def blocked(self, src: int, dst: int) -> bool:
         """True when the link src -> dst is cut right now."""
-        if src == dst:
-            return False
-        for _, group_of in self._group_maps:
-            if group_of.get(src, -1) != group_of.get(dst, -1):
-                return True
-        return any(src in cut.src and dst in cut.dst for cut in self._cuts)
+        return src != dst and self._cuts(self._active, src, dst)
 
     # -- sending --------------------------------------------------------------------
     def send(self, src: int, dst: int, payload: bytes, depart_s: float, meta: Any = None) -> None:
         """Send ``payload`` from ``src`` to ``dst``, leaving at ``depart_s`` (>= now)."""
-        fast = not (self._tracing or self._windows)
-        self._send_one(src, dst, payload, depart_s, meta, fast)
+        self._send_one(src, dst, payload, depart_s, meta)
 
     def send_many(
-        self, src: int, dests: Iterable[int], payload: bytes, depart_s: float, step_s: float,
+        self, src: int, dests: Sequence[int], payload: bytes, depart_s: float, step_s: float,
         tag: Any,
     ) -> float:
         """Send one ``payload`` from ``src`` to each of ``dests`` (valid node ids, checked
         by the caller), in order: the i-th copy leaves at ``depart_s + (i+1) * step_s``
         seconds (``step_s``: the sender's per-destination send cost) and carries the meta
-        ``(tag, its departure time)``. Same fate rules as :meth:`send`. Returns the last
-        copy's departure time (``depart_s`` when ``dests`` is empty)."""
-        stats, engine, cfg = self.stats, self.engine, self.config
-        size = len(payload)
-        push = engine.schedule_unchecked
-        arrive = self._arrive
-        fast = not (cfg.duplicate or cfg.loss or cfg.bandwidth_bps or cfg.jitter_s
-                    or cfg.reorder or self._tracing or self._windows)
-        constant = type(cfg.latency) is Constant and cfg.fifo
-        ignoring = self.ignoring
-        if fast and constant:
-            latency, last_arrival = cfg.latency.latency_s, self._last_arrival
+        ``(tag, its departure time)``. Same fate rules as :meth:`send`; partitions and
+        cuts apply at each copy's departure time. Returns the last copy's departure time
+        (``depart_s`` when ``dests`` is empty)."""
+        stats, cfg = self.stats, self.config
+        if (cfg.duplicate or cfg.loss or cfg.bandwidth_bps or cfg.jitter_s or cfg.reorder
+                or self._tracing or not cfg.fifo or type(cfg.latency) is not Constant):
             for dst in dests:
                 depart_s += step_s
-                stats.sent += 1
-                stats.bytes_sent += size
-                if dst in ignoring:
-                    stats.ignored += 1
-                    continue
-                if src == dst:
-                    push(depart_s, arrive, src, dst, payload, (tag, depart_s))
-                    continue
-                arrival = depart_s + latency
-                link = (src, dst)
-                last = last_arrival.get(link, 0.0)
-                if arrival < last:
-                    arrival = last
-                last_arrival[link] = arrival
-                push(arrival, arrive, src, dst, payload, (tag, depart_s))
+                self._send_one(src, dst, payload, depart_s, (tag, depart_s))
             return depart_s
+        # fast path: constant latency, FIFO links, no loss: one arrival per copy
+        size = len(payload)
+        push, arrive, ignoring = self.engine.schedule_unchecked, self._arrive, self.ignoring
+        latency, last_arrival = cfg.latency.latency_s, self._last_arrival
+        cuts: list[tuple] | None = None
+        if self._windows:
+            first, last = self._windows_at(depart_s + step_s), \
+                self._windows_at(depart_s + step_s * len(dests))
+            cuts = first if first == last else None  # None: check each copy's time
         for dst in dests:
             depart_s += step_s
-            self._send_one(src, dst, payload, depart_s, (tag, depart_s), fast)
+            stats.sent += 1
+            stats.bytes_sent += size
+            if dst in ignoring:
+                stats.ignored += 1
+                continue
+            if src == dst:
+                push(depart_s, arrive, src, dst, payload, (tag, depart_s))
+                continue
+            if self._windows and self._cuts(
+                    self._windows_at(depart_s) if cuts is None else cuts, src, dst):
+                stats.cut += 1
+                continue
+            arrival = depart_s + latency
+            link = (src, dst)
+            last_at = last_arrival.get(link, 0.0)
+            if arrival < last_at:
+                arrival = last_at
+            last_arrival[link] = arrival
+            push(arrival, arrive, src, dst, payload, (tag, depart_s))
         return depart_s
 
-    def _send_one(
-        self, src: int, dst: int, payload: bytes, depart_s: float, meta: Any, fast: bool,
-    ) -> None:
+    def _send_one(self, src: int, dst: int, payload: bytes, depart_s: float, meta: Any) -> None:
         stats = self.stats
         stats.sent += 1
         stats.bytes_sent += len(payload)
@@ -418,7 +414,7 @@ class Network:
             engine.schedule_unchecked(depart_s, self._arrive, src, dst, payload, meta)
             return
         # checked at the departure time: the sender may run ahead of `now` (sim.cpu)
-        if not fast and self._windows and self.blocked_at(src, dst, depart_s):
+        if self._windows and self.blocked_at(src, dst, depart_s):
             stats.cut += 1
             return
         cfg = self.config
@@ -458,7 +454,7 @@ class Network:
         return arrival
 
     def _arrive(self, src: int, dst: int, payload: bytes, meta: Any) -> None:
-        if (self._group_maps or self._cuts) and self.blocked(src, dst):
+        if self._active and self._cuts(self._active, src, dst) and src != dst:
             self.stats.cut += 1
             return
         self.stats.delivered += 1

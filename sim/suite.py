@@ -13,7 +13,7 @@ consensus      pbft         commit latency with the Byzantine nodes silent (the
                             default strategy), ``--duration`` long (default 60 s);
                             ``--partition``/``--crash``/``--adversary``/``--load``
                             apply here
-partition      pbft         the mesh split 80/20 from 4 s to 11 s of a 22 s run:
+partition      pbft         the mesh split 80/20 from 3 s to 9 s of a 20 s run:
                             the majority keeps committing and every honest node
                             converges after the heal. Byzantine nodes equivocate as
                             primaries and vote for their lies (a *silent* third
@@ -21,8 +21,8 @@ partition      pbft         the mesh split 80/20 from 4 s to 11 s of a 22 s run:
                             protocol; see sim/scenarios/partition-heal.toml)
 discovery      discovery    Kademlia routing tables converge, lookups succeed (30 s)
 identity       identity     10,000 identities enrolled and verified (25 s run)
-tasks          tasks        ``min(nodes, 50)`` members, 200 mesh tasks: each has
-                            exactly one accepted result (30 s run)
+tasks          tasks        ``min(nodes, 50)`` members, 200 mesh tasks submitted over
+                            10 s: each has exactly one accepted result (26 s run)
 =============  ===========  =========================================================
 
 Phases share nothing, so they run in parallel worker processes (``--jobs``, default:
@@ -89,9 +89,9 @@ def phase_args(args: argparse.Namespace, name: str) -> argparse.Namespace:
     out.partition, out.crash, out.adversary, out.load, out.param = [], [], [], None, []
     n = args.nodes if args.nodes is not None else 100
     if name == "partition":
-        out.workload, out.duration = "pbft", "22s"
+        out.workload, out.duration = "pbft", "20s"
         cut = n - max(1, n // 5)
-        out.partition = [f"4s-11s:0-{cut - 1}|{cut}-{n - 1}"] if n >= 2 else []
+        out.partition = [f"3s-9s:0-{cut - 1}|{cut}-{n - 1}"] if n >= 2 else []
         out.adversary = ["equivocating-primary"] if (args.byzantine or 0) > 0 else []
     elif name == "discovery":
         out.workload, out.duration = "discovery", "30s"
@@ -99,7 +99,7 @@ def phase_args(args: argparse.Namespace, name: str) -> argparse.Namespace:
         out.workload, out.duration = "identity", "25s"
         out.param = [f"verifiers={IDENTITY_VERIFIERS}"]
     elif name == "tasks":
-        out.workload, out.duration, out.nodes = "tasks", "30s", min(n, TASKS_NODES)
+        out.workload, out.duration, out.nodes = "tasks", "26s", min(n, TASKS_NODES)
         out.param = ["tasks=200", "submit_from=2s", "submit_over=10s", "drain=10s"]
     else:
         raise ValueError(f"unknown phase {name!r} (phases: {', '.join(PHASES)})")

@@ -333,10 +333,12 @@ class World:
             self.dropped_down += 1
             return
         if meta is not None:
-            ended = self.hosts[src].incarnation_end.get(meta[0])
-            if ended is not None and meta[1] > ended:
-                self.dropped_down += 1  # sent after the sender had crashed
-                return
+            ends = self.hosts[src].incarnation_end
+            if ends:  # the sender crashed before: was this sent after that?
+                ended = ends.get(meta[0])
+                if ended is not None and meta[1] > ended:
+                    self.dropped_down += 1
+                    return
         host.cpu.submit((_MSG, src, payload, self.engine.now))
 
     def run(self, until_s: float, **kwargs: Any) -> int:

@@ -67,7 +67,7 @@ def test_phase_arguments():
     cons = suite.phase_args(args, "consensus")
     assert cons.workload == "pbft" and cons.partition == ["1s-2s:0-9|10-99"]
     part = suite.phase_args(args, "partition")
-    assert part.partition == ["4s-11s:0-79|80-99"] and part.load is None
+    assert part.partition == ["3s-9s:0-79|80-99"] and part.load is None
     assert part.adversary == ["equivocating-primary"]
     tasks = suite.phase_args(args, "tasks")
     assert tasks.nodes == 50 and tasks.workload == "tasks"
