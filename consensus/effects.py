@@ -53,11 +53,12 @@ class Record:
 
     ``kind`` is one of ``"msg"`` (a message this replica signed for a sequence number),
     ``"viewchange"`` (a VIEW-CHANGE / NEW-VIEW it signed), ``"prepared"`` (a
-    prepared certificate it holds), ``"decided"`` (a commit certificate it executed),
-    ``"stable"`` (a stable checkpoint: proof, snapshot and view), ``"view"`` (a view it
-    entered), ``"request"`` (a locally proposed request) or ``"members"`` (a completed
-    membership change with its proof). ``seq`` is the sequence
-    number the record is about (view-level messages use the low watermark). ``data`` is
+    prepared certificate it holds, with its batch), ``"decided"`` (a commit certificate
+    it executed), ``"stable"`` (a stable checkpoint: proof, snapshot, the view running
+    and its primary), ``"view"`` (a view it entered, with the NEW-VIEW's sender),
+    ``"request"`` (a locally proposed request) or ``"members"`` (a completed membership
+    change with its proof). ``seq`` is the sequence number the record is about
+    (view-level messages use the low watermark). ``data`` is
     canonical msgpack bytes.
     """
 

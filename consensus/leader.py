@@ -38,9 +38,10 @@ batch of a new view** ``w`` executes: it applies from view ``w + 1`` on. So
   same primary for every view, whenever they ask, also after a restart (restore
   re-executes the same log);
 * a replica that is behind computes an older schedule for views that have not started
-  yet; it converges by state transfer (a view change pulls state), so all honest
-  replicas agree on the primary of the next view once they agree on the first batch of
-  the current one.
+  yet. VIEW-CHANGEs therefore report the sender's last executed sequence number, and a
+  replica catches up (state transfer) to what the view-change quorum executed before
+  it builds or judges a NEW-VIEW (:mod:`consensus.viewchange`); so honest replicas
+  agree on the primary of the next view once they agree on the executed prefix.
 
 One case still lets a replica's answer move: a batch created in view ``u`` that was
 prepared but not executed before a view change is re-proposed by a later NEW-VIEW and

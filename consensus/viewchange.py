@@ -27,6 +27,12 @@ primary never includes a summary whose highest entry it cannot prove, because it
 verified every VIEW-CHANGE in full). Every signature is still checked (known facts are
 cached). At n = 100, window 64: a VIEW-CHANGE is ~0.3 MB, a NEW-VIEW ~0.5 MB.
 
+Who leads. The primary of a view is computed from executed state
+(:mod:`consensus.leader`), so before building a NEW-VIEW, or rejecting one as "not
+from the primary", a replica catches up to what the quorum ``V`` executed (each
+VIEW-CHANGE reports it; :meth:`ViewChangeMixin._behind_quorum`), and a NEW-VIEW that
+arrives while it is behind is kept and retried once it caught up.
+
 A backup accepts NEW-VIEW only from the view's primary, after verifying it and
 recomputing ``O`` itself; it then enters the view, treats ``O`` as ordinary pre-prepares
 (sending PREPAREs; the batch is attached when the replica holds it, else it arrives with
