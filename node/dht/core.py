@@ -231,12 +231,20 @@ class DhtNode:
 
     def on_failure(self, request_id: int, *, now: float, reason: str = "failed") -> None:
         """Request ``request_id`` failed (dial error, stream reset, malformed answer);
-        ``reason`` names it in :attr:`counters` (``fail_<reason>``)."""
+        ``reason`` names it in :attr:`counters` (``fail_<reason>``). Reason
+        ``"no_address"`` (no multiaddr known to dial) fails the request without charging
+        the peer: it says nothing about whether the peer answers."""
         self._now = now
         pending = self._pending.pop(request_id)
         if pending is not None:
             self.counters[f"fail_{reason}"] += 1
-            self._fail(pending, now)
+            self._fail(pending, now, charge=reason != "no_address")
+
+    def learn_addrs(self, peer_id: bytes, addrs: Iterable[bytes]) -> None:
+        """The driver learnt multiaddrs for ``peer_id`` outside the DHT (libp2p
+        identify): a contact recorded without addresses (its request arrived before
+        identify finished) takes them, so it can be dialled and handed out."""
+        self.table.set_addrs(peer_id, addrs)
 
     def tick(self, now: float) -> None:
         """Time advanced to ``now``: stall slow lookup requests, time out requests,
@@ -457,20 +465,24 @@ class DhtNode:
             addrs = contact.addrs if contact is not None else ()
             self._send(PeerInfo(result.ping, addrs), Message(MessageType.PING), None, now)
 
-    def _fail(self, pending: Pending, now: float) -> None:
+    def _fail(self, pending: Pending, now: float, *, charge: bool = True) -> None:
         self.counters["failures"] += 1
         peer_id = pending.peer.peer_id
-        self.health.failed(peer_id, now=now)
+        if charge:
+            self.health.failed(peer_id, now=now)
         if pending.expected is MessageType.PING and pending.query_id is None:
             self.table.ping_result(peer_id, False, now=now)
             return
-        self.table.record_failure(peer_id)
+        if charge:
+            self.table.record_failure(peer_id)
         query = self._queries.get(pending.query_id) if pending.query_id is not None else None
         if query is None:
             return
         if query.put_pending is not None:
             if pending.expected is MessageType.PUT_VALUE:
                 query.put_pending.discard(peer_id)
-        else:
+        elif charge:
             query.lookup.on_failure(peer_id)
+        else:
+            query.lookup.on_unreachable(peer_id)
         self._pump(query, now)

@@ -93,6 +93,7 @@ class _Entry:
     known_by: int = 1  # bit p: path p knows this peer
     path: int = -1  # the path that asked it (-1: not asked yet)
     avoided: bool = False  # the driver's avoid() said so (checked when seen and asked)
+    addrless: bool = False  # could not be dialled for want of an address
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +219,9 @@ class Lookup:
                 self._add(info, hop=hop, path=deal[dealt % len(deal)])
                 dealt += 1
                 continue
+            if known.addrless and info.addrs:  # now we can dial it
+                known.info, known.addrless = info, False
+                self._sync(known)
             if hop < known.hop:
                 known.hop = hop
             if not known.known_by >> path & 1:
@@ -233,6 +237,16 @@ class Lookup:
         entry.state = PeerState.FAILED
         self._sync(entry)
         self._failures += 1
+
+    def on_unreachable(self, peer_id: bytes) -> None:
+        """No multiaddr is known to dial ``peer_id`` (not a failure of the peer): it is
+        set aside, and asked again if a later answer names it with an address.
+        Ignored unless in flight."""
+        entry = self._take_in_flight(peer_id)
+        if entry is None:
+            return
+        entry.state, entry.path, entry.addrless = PeerState.CANDIDATE, -1, True
+        self._sync(entry)
 
     def on_stall(self, peer_id: bytes) -> None:
         """The request to ``peer_id`` is slow (the driver's stall timer): stop waiting
@@ -326,7 +340,7 @@ class Lookup:
         a path may use a peer it knows that no other path asked, unless it FAILED,
         STALLED or is an avoided candidate."""
         state = entry.state
-        live = (state is PeerState.CANDIDATE and not entry.avoided) or (
+        live = (state is PeerState.CANDIDATE and not entry.avoided and not entry.addrless) or (
             state is PeerState.WAITING or state is PeerState.SUCCEEDED)
         distance = entry.distance
         for path in range(self.paths):

@@ -303,6 +303,17 @@ class RoutingTable:
         else:
             self.remove(peer_id)
 
+    def set_addrs(self, peer_id: bytes, addrs: Iterable[bytes]) -> bool:
+        """Give contact ``peer_id`` the multiaddrs ``addrs`` (learnt by the driver, e.g.
+        from identify) without counting it as seen. Returns False when it is not a
+        contact or ``addrs`` is empty."""
+        contact = self._by_id.get(peer_id)
+        addrs = tuple(addrs)
+        if contact is None or not addrs:
+            return False
+        contact.addrs, contact._info = addrs, None
+        return True
+
     def record_failure(self, peer_id: bytes) -> bool:
         """A request to ``peer_id`` failed: flag the contact stale and evict it when its
         bucket has a replacement (see the module docstring); a replacement-cache entry

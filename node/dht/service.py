@@ -35,6 +35,7 @@ Drop reasons are counted in :attr:`DhtService.dropped` per (PeerId, reason).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import Counter
@@ -114,10 +115,14 @@ class DhtService:
             self.host.set_stream_handler(_KAD, self._serve)
             task_status.started()
             try:
+                filled = 0.0
                 while True:
                     now = self.now()
                     self.node.tick(now)
                     self._flush()
+                    if now - filled >= self.tick_interval:
+                        filled = now
+                        self._fill_addrs()
                     delay = min(self.tick_interval, max(0.0, self.node.next_wakeup() - now))
                     self._wake_at = now + delay
                     with trio.CancelScope() as self._sleep:
@@ -182,7 +187,8 @@ class DhtService:
             except WireError:
                 reason = "malformed"
             except Exception as exc:  # noqa: BLE001 - any failure fails the request
-                reason = "failed"
+                known = req.peer.addrs or self._known_addrs(ID(req.peer.peer_id))
+                reason = "failed" if known else "no_address"
                 log.debug("kad request %d to %s failed: %r", req.request_id,
                           req.peer.peer_id.hex(), exc)
         if answer is None:
@@ -260,8 +266,31 @@ class DhtService:
                 self._flush()
                 if handled.response is None:
                     return "rejected"
-                await stream.write(encode_frame(handled.response))
+                await stream.write(encode_frame(self._with_addrs(handled.response)))
 
+
+    def _with_addrs(self, answer: Message) -> Message:
+        """``answer`` with the peerstore's multiaddrs for listed peers the core knows
+        without any (the core learns them too): a peer without addresses is of no use
+        to the requester."""
+        if all(p.addrs for p in answer.closer_peers):
+            return answer
+        peers = []
+        for peer in answer.closer_peers:
+            if not peer.addrs and (addrs := self._known_addrs(ID(peer.peer_id))):
+                self.node.learn_addrs(peer.peer_id, addrs)
+                peer = PeerInfo(peer.peer_id, addrs, peer.connection)
+            peers.append(peer)
+        return dataclasses.replace(answer, closer_peers=tuple(peers))
+
+    def _fill_addrs(self) -> None:
+        """Contacts recorded without multiaddrs (their first request came before
+        identify finished) take what the peerstore learnt since."""
+        for contact in list(self.node.table.contacts()):
+            if not contact.addrs:
+                addrs = self._known_addrs(ID(contact.peer_id))
+                if addrs:
+                    self.node.learn_addrs(contact.peer_id, addrs)
 
     def _known_addrs(self, peer: ID) -> tuple[bytes, ...]:
         """Binary multiaddrs the peerstore holds for ``peer`` (from identify), if any:

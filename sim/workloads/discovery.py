@@ -270,7 +270,7 @@ class DhtProcess(BaseProcess):
                 dest = wl.index.get(req.peer.peer_id)
                 if dest is None:
                     if not req.peer.addrs:  # libp2p: no address to dial, fails at once
-                        dht.on_failure(req.request_id, now=ctx.now)
+                        dht.on_failure(req.request_id, now=ctx.now, reason="no_address")
                     continue  # a fabricated PeerId at a black-hole address: timeout
                 self.streams[req.request_id] = dest
                 ctx.send(dest, _frame(_REQ, req.request_id, req.message))

@@ -302,3 +302,80 @@ def test_put_value_refuses_to_publish_a_worse_value() -> None:
     node.put_value(b"/test/k", b"2:new", now=0.0)
     with pytest.raises(RecordInvalid, match="better"):
         node.put_value(b"/test/k", b"1:old", now=1.0)
+
+
+def test_silent_peers_stall_instead_of_holding_up_lookups() -> None:
+    # request_timeout 10 s: without stalls every dead peer among the k closest would
+    # hold its lookup up for 10 s; with them a lookup takes a few round trips.
+    net = build(80, seed=6, latency=0.05, config=DhtConfig(request_timeout=10.0))
+    rng = random.Random(9)
+    ids = sorted(net.nodes)
+    net.dead = set(rng.sample(ids, 16))
+    alive = [p for p in ids if p not in net.dead]
+    for _ in range(5):
+        origin = rng.choice(alive)
+        target = rng.randbytes(38)
+        t0 = net.now
+        result = net.run_query(origin, lambda n, t=target: n.find_node(t, now=net.now))
+        assert net.now - t0 < 3.0
+        assert not {p.peer_id for p in result.closest} & net.dead
+        assert result.closest[0].peer_id == true_closest(net, kad_key(target), origin)[0]
+    assert sum(net.nodes[p].counters["stalls"] for p in alive) > 0
+    t0 = net.now
+    net.run_until(lambda: net.now >= t0 + 12.0)  # the hard timeouts fire later
+    charged = [(n, d) for n in (net.nodes[p] for p in alive) for d in net.dead
+               if n.health.failures(d)]
+    assert charged and all(n.health.locked(d, net.now) for n, d in charged)
+
+
+def test_next_wakeup_is_the_earliest_stall_or_deadline() -> None:
+    cfg = DhtConfig(stall_initial=0.5, request_timeout=4.0, alpha=1, disjoint_paths=1,
+                    refresh_interval=1e9)
+    node = DhtNode(PeerInfo(b"me"), validator=VALIDATOR, rng=random.Random(1), now=0.0,
+                   config=cfg)
+    assert node.next_wakeup() == min(node.table.next_refresh_due(), 0.0)  # expiry scan
+    node.tick(0.0)
+    for n in (1, 2):
+        node.on_request(PeerInfo(pid(n)), Message(MessageType.PING), now=0.0)
+    node.find_node(pid(9), now=1.0)
+    ready = node.ready()
+    node.advance(ready)
+    (first,) = ready.requests
+    assert node.next_wakeup() == 1.5  # the stall time of that request
+    node.tick(1.5)  # stalled: the lookup asks the next peer without waiting
+    (second,) = node.ready().requests
+    assert second.peer.peer_id != first.peer.peer_id and node.counters["stalls"] == 1
+    assert node.next_wakeup() == 2.0  # the second request's stall time
+    node.on_response(first.request_id, Message(MessageType.FIND_NODE), now=2.0)
+    assert node.health.srtt == 1.0  # the late answer still counts (and is timed)
+
+
+def test_bootstrap_asks_its_seeds_even_in_backoff() -> None:
+    node = DhtNode(PeerInfo(b"me"), validator=VALIDATOR, rng=random.Random(1))
+    node.health.failed(pid(1), now=0.0)
+    node.find_node(pid(5), now=1.0)
+    assert node.ready().requests == []  # pid(1) is not in the table anyway
+    node.bootstrap([PeerInfo(pid(1), (b"a",))], now=1.0)
+    (req,) = node.ready().requests
+    assert req.peer.peer_id == pid(1)
+
+
+def test_no_address_is_not_charged_and_a_later_address_is_used() -> None:
+    node = DhtNode(PeerInfo(b"me"), validator=VALIDATOR, rng=random.Random(1),
+                   config=DhtConfig(disjoint_paths=1))
+    node.on_request(PeerInfo(pid(1)), Message(MessageType.PING), now=0.0)  # no addrs yet
+    node.on_request(PeerInfo(pid(2), (b"b",)), Message(MessageType.PING), now=0.0)
+    node.find_node(pid(9), now=1.0)
+    ready = node.ready()
+    node.advance(ready)
+    by_peer = {r.peer.peer_id: r for r in ready.requests}
+    node.on_failure(by_peer[pid(1)].request_id, now=1.1, reason="no_address")
+    assert node.counters["fail_no_address"] == 1
+    assert not node.health.locked(pid(1), 1.1) and node.table.get(pid(1)).failures == 0
+    # pid(2) names pid(1) with an address: the lookup asks it after all
+    node.on_response(by_peer[pid(2)].request_id, Message(
+        MessageType.FIND_NODE, closer_peers=(PeerInfo(pid(1), (b"a",)),)), now=1.2)
+    (retry,) = node.ready().requests
+    assert retry.peer == PeerInfo(pid(1), (b"a",))
+    node.learn_addrs(pid(1), [b"a2"])  # e.g. from identify
+    assert node.table.get(pid(1)).peer_info() == PeerInfo(pid(1), (b"a2",))
