@@ -247,3 +247,82 @@ def test_value_lookup_local_value_counts_towards_quorum() -> None:
     (p,) = two.next_queries()
     two.on_value_response(p.peer_id, [], Record(b"/test/k", b"2:new"))
     assert two.finished and two.best == b"2:new" and two.outdated == []
+
+
+def test_a_stalled_request_frees_its_slot_and_a_late_answer_still_counts() -> None:
+    target = kad_key(b"t")
+    ids = [pid(n) for n in range(6)]
+    order = true_closest(ids, target, 6)
+    lookup = Lookup(target, [PeerInfo(p) for p in ids], k=3, alpha=2)
+    first = [p.peer_id for p in lookup.next_queries()]
+    assert first == order[:2]
+    lookup.on_stall(order[0])  # slow: stop waiting for it
+    assert lookup.state_of(order[0]) is PeerState.STALLED and lookup.in_flight == 1
+    assert [p.peer_id for p in lookup.next_queries()] == [order[2]]
+    lookup.on_response(order[1], [])
+    lookup.on_response(order[2], [])
+    assert [p.peer_id for p in lookup.next_queries()] == [order[3]]
+    lookup.on_response(order[3], [])
+    # the stalled peer is not among the k closest live ones: the lookup is done
+    assert lookup.finished and [p.peer_id for p in lookup.closest()] == order[1:4]
+    lookup.on_response(order[0], [PeerInfo(pid(99))])  # answers late: used after all
+    assert lookup.state_of(order[0]) is PeerState.SUCCEEDED
+    assert lookup.state_of(pid(99)) is PeerState.CANDIDATE
+    assert lookup.stats().stalls == 1 and lookup.stats().responses == 4
+    again = Lookup(target, [PeerInfo(order[0])])
+    again.next_queries()
+    again.on_stall(order[0])
+    again.on_failure(order[0])  # the hard timeout of a stalled request
+    assert again.state_of(order[0]) is PeerState.FAILED and again.finished
+
+
+def test_avoided_peers_are_not_asked_and_are_checked_again_before_asking() -> None:
+    target = kad_key(b"t")
+    ids = [pid(n) for n in range(5)]
+    order = true_closest(ids, target, 5)
+    locked = {order[0]}
+    lookup = Lookup(target, [PeerInfo(p) for p in ids], k=3, alpha=1,
+                    avoid=lambda p: p in locked)
+    assert [p.peer_id for p in lookup.next_queries()] == [order[1]]
+    locked.add(order[2])  # e.g. failed in another lookup meanwhile
+    lookup.on_response(order[1], [])
+    assert [p.peer_id for p in lookup.next_queries()] == [order[3]]
+    lookup.on_response(order[3], [])
+    assert [p.peer_id for p in lookup.next_queries()] == [order[4]]
+    lookup.on_response(order[4], [])
+    assert lookup.finished and lookup.stats().avoided == 2
+
+
+def test_disjoint_paths_never_ask_a_peer_twice_and_ask_more_peers() -> None:
+    ids = [pid(n) for n in range(200)]
+    net = Net(ids, seed=3)
+    net.fill_fully()
+    rng = random.Random(4)
+    for _ in range(10):
+        origin = rng.choice(ids)
+        target = kad_key(rng.randbytes(8))
+        one = net.lookup(origin, target)
+        two = net.lookup(origin, target, paths=2)
+        want = true_closest([p for p in ids if p != origin], target)
+        assert [p.peer_id for p in two.closest()] == want  # still exact
+        asked = [e for e in two._sorted if e.path >= 0]
+        assert two.stats().queries == len(asked)  # one request per asked peer
+        assert {e.path for e in asked} == {0, 1}
+        # each path stops only when its own k closest usable peers answered, so the
+        # two together ask more peers near the target (how many more depends on how
+        # many distinct peers the answers name)
+        assert two.stats().queries > one.stats().queries
+
+
+def test_paths_without_seeds_share_the_first_answer() -> None:
+    target = kad_key(b"t")
+    lookup = Lookup(target, [PeerInfo(pid(0))], k=2, alpha=1, paths=3)
+    (p,) = lookup.next_queries()
+    assert lookup.next_queries() == []  # the other paths know nobody yet
+    lookup.on_response(p.peer_id, [PeerInfo(pid(n)) for n in range(1, 7)])
+    asked = lookup.next_queries()
+    assert len(asked) == 3  # one request per path now
+    paths = {lookup._entries[a.peer_id].path for a in asked}
+    assert paths == {0, 1, 2}
+    with pytest.raises(ValueError):
+        Lookup(target, [], paths=0)

@@ -121,6 +121,33 @@ def test_remove_on_failure_promotes_replacement_and_cache_is_bounded() -> None:
     assert t.replacements(0) == []
 
 
+def test_failed_contact_is_kept_flagged_until_a_replacement_exists() -> None:
+    # Kademlia paper 4.1: stale contacts are evicted only in favour of a replacement
+    t = table(k=2)
+    a, b, c, d = fill_bucket(t, 0, 4)
+    t.update(a, now=0.0)
+    t.update(b, now=1.0)
+    assert t.record_failure(a) is False  # no replacement: kept, flagged stale
+    assert a in t and t.get(a).failures == 1
+    assert t.closest(t.local_key, 5, skip_stale=lambda p: True) == [t.get(b)]
+    assert len(t.closest(t.local_key, 5, skip_stale=lambda p: False)) == 2
+    t.record_answer(a)  # it answered again: no longer stale
+    assert t.get(a).failures == 0
+    t.record_failure(a)
+    t.record_failure(a)
+    t.record_failure(b)
+    # a newcomer to the full bucket takes the slot of the most-failed contact
+    res = t.update(c, now=2.0)
+    assert res.status is UpdateStatus.ADDED and res.ping is None
+    assert [x.peer_id for x in t.bucket(0)] == [b, c]
+    # a newcomer known to have failed as often does not displace it
+    assert t.update(d, now=3.0, failures=1).status is UpdateStatus.CACHED
+    assert t.record_failure(b) is True  # now a replacement exists: b is evicted
+    assert [x.peer_id for x in t.bucket(0)] == [c, d] and b not in t
+    assert t.get(d).failures == 1  # what the caller remembered travels with it
+    assert t.record_failure(b"unknown") is False
+
+
 def test_closest_excludes_and_rejects_bad_keys() -> None:
     t = table()
     for n in range(100):
@@ -195,7 +222,8 @@ def test_random_preimage_in_bucket_is_a_multihash_peer_id() -> None:
 
 
 class TableMachine(RuleBasedStateMachine):
-    """Random updates, removals and ping outcomes keep the table consistent."""
+    """Random updates, removals, failures, answers and ping outcomes keep the table
+    consistent."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -213,6 +241,14 @@ class TableMachine(RuleBasedStateMachine):
     @rule(n=st.integers(0, 60))
     def remove(self, n: int) -> None:
         self.t.remove(pid(n))
+
+    @rule(n=st.integers(0, 60))
+    def record_failure(self, n: int) -> None:
+        self.t.record_failure(pid(n))
+
+    @rule(n=st.integers(0, 60))
+    def record_answer(self, n: int) -> None:
+        self.t.record_answer(pid(n))
 
     @rule(n=st.integers(0, 60), alive=st.booleans())
     def ping_result(self, n: int, alive: bool) -> None:
@@ -233,6 +269,10 @@ class TableMachine(RuleBasedStateMachine):
                 assert self.t.bucket_index(c.key) == index
             if cache:
                 assert len(bucket) == 3  # a replacement waits only behind a full bucket
+            # internal bookkeeping: stale contacts counted per bucket
+            assert self.t._buckets[index].stale == sum(1 for c in bucket if c.failures)
+        assert self.t._deepest == max(
+            (i for i in range(256) if self.t.bucket(i)), default=-1)
         for p in in_buckets:
             assert self.t.get(p).peer_id == p
 

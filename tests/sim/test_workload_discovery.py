@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
+from node.dht.config import DhtConfig
 from sim import runner
 from sim.cli import _parser, build_spec
 from sim.workloads.discovery import DiscoveryWorkload
@@ -66,3 +69,25 @@ def test_same_seed_same_report():
     assert a == b
     c, _, _ = run([*argv[:-4], "--seed", "10", "--param", "lookups=20"], byzantine={3, 8})
     assert c["discovery_latency_s"] != a["discovery_latency_s"]
+
+
+def test_goal_a_third_byzantine_on_100_nodes_converges_within_five_seconds():
+    # the acceptance run: `sim run --workload discovery --nodes 100 --byzantine 0.33`
+    rep, wl, _ = run(["--nodes", "100", "--byzantine", "0.33", "--seed", "1",
+                      "--latency", "50ms"])
+    assert wl.config == DhtConfig()  # the real node's defaults, unchanged
+    conv = rep["discovery_latency_s"]
+    assert conv["count"] == 67 and conv["unfinished"] == 0 and conv["p99"] <= 5.0
+    lookups = rep["workload_extra"]["lookups"]
+    assert lookups["ok"] == lookups["started"] == 200
+    assert all(t["met"] for t in rep["targets"]) and rep["exit_code"] == 0
+
+
+def test_params_override_dht_config_fields():
+    _, wl, _ = run(["--nodes", "8", "--duration", "5s", "--param", "lookups=0",
+                    "--param", "request_timeout=500ms", "--param", "disjoint_paths=1",
+                    "--param", "refresh_on_join=false"])
+    assert wl.config == DhtConfig(request_timeout=0.5, disjoint_paths=1,
+                                  refresh_on_join=False)
+    with pytest.raises(ValueError, match="unknown workload params"):
+        run(["--nodes", "8", "--duration", "5s", "--param", "no_such_field=1"])
