@@ -66,7 +66,7 @@ from dataclasses import dataclass
 
 from node.dht.config import DhtConfig, OutboundRequest, QueryResult, Ready
 from node.dht.handler import Handled, handle_request
-from node.dht.health import InFlight, PeerHealth, Pending
+from node.dht.health import WARM_S, InFlight, PeerHealth, Pending
 from node.dht.keys import kad_key
 from node.dht.lookup import Lookup, ValueLookup
 from node.dht.messages import Message, MessageType, PeerInfo, Record
@@ -210,7 +210,7 @@ class DhtNode:
             self._fail(pending, now)
             return
         peer_id = pending.peer.peer_id
-        self.health.answered(peer_id, rtt=now - pending.sent_at)
+        self.health.answered(peer_id, rtt=now - pending.sent_at, cold=pending.cold)
         self._seen(pending.peer, now)
         self.table.record_answer(peer_id)
         if pending.expected is MessageType.PING and pending.query_id is None:
@@ -342,8 +342,11 @@ class DhtNode:
     def _send(self, peer: PeerInfo, msg: Message, query_id: int | None, now: float,
               *, stall: bool = False) -> None:
         rid = self._new_id()
+        contact = self.table.get(peer.peer_id)
+        cold = contact is None or now - contact.last_seen > WARM_S
         pending = Pending(peer, query_id, msg.type, now, now + self.config.request_timeout,
-                          now + self.health.stall_timeout() if stall else None)
+                          now + self.health.stall_timeout(cold=cold) if stall else None,
+                          cold=cold)
         self._pending.add(rid, pending)
         self._ready.requests.append(OutboundRequest(rid, peer, msg))
         self.counters[f"out_{msg.type.name.lower()}"] += 1

@@ -15,15 +15,19 @@ fabricated PeerIds a lying peer hands out:
   At most ``capacity`` records are kept; when full, the record that failed least
   recently is forgotten (a liar can name any number of PeerIds, so the map must be
   bounded; forgetting only makes the peer eligible again).
-* **Stall timeout**: a smoothed RTT and RTT variance over every answered request
+* **Stall timeout**: a smoothed RTT and RTT variance over answered requests
   (Jacobson/Karels as in RFC 6298 section 2: ``rttvar = 3/4 rttvar + 1/4 |srtt - r|``,
-  ``srtt = 7/8 srtt + 1/8 r``; the first sample sets ``srtt = r``, ``rttvar = r / 2``).
-  :meth:`PeerHealth.stall_timeout` is ``max(2 srtt, srtt + 4 rttvar)`` clamped to
-  ``[floor, ceiling]``, and ``initial`` before the first sample. It is deliberately not
-  a failure: a request older than that is only *stalled*, so a lookup stops waiting for
-  it and asks the next peer (paper section 2.3, "nodes that fail to respond quickly are
-  removed from consideration until and unless they do respond"); the request still
-  fails only at the hard ``request_timeout``.
+  ``srtt = 7/8 srtt + 1/8 r``; the first sample sets ``srtt = r``, ``rttvar = r / 2``),
+  kept twice: for *warm* requests (to a peer heard from in the last :data:`WARM_S`
+  seconds, so probably over an open connection) and *cold* ones (a new dial first:
+  TCP, Noise and yamux handshakes cost round trips of their own).
+  :meth:`PeerHealth.stall_timeout` is ``max(2 srtt, srtt + 4 rttvar)`` of the matching
+  estimate clamped to ``[floor, ceiling]`` (the cold one for warm requests until they
+  have a sample of their own), and ``initial`` before any sample.
+  It is deliberately not a failure: a request older than that is only *stalled*, so a
+  lookup stops waiting for it and asks the next peer (paper section 2.3, "nodes that
+  fail to respond quickly are removed from consideration until and unless they do
+  respond"); the request still fails only at the hard ``request_timeout``.
 
 :class:`InFlight` holds the node's outstanding requests with their two deadlines (a
 lazy heap, so finding what is due costs ``O(log n)``) and counts, per peer, the
@@ -42,13 +46,34 @@ from dataclasses import dataclass
 
 from node.dht.messages import MessageType, PeerInfo
 
-__all__ = ["InFlight", "PeerHealth", "Pending"]
+__all__ = ["WARM_S", "InFlight", "PeerHealth", "Pending", "RttEstimate"]
+
+#: A request to a peer heard from this recently (seconds) is "warm": libp2p most likely
+#: still holds a connection to it, so no dial is needed.
+WARM_S = 60.0
 
 
 @dataclass(slots=True)
 class _Record:
     failures: int
     locked_until: float
+
+
+@dataclass(slots=True)
+class RttEstimate:
+    """RFC 6298 smoothed RTT (``srtt``, None before the first sample) and variance,
+    seconds."""
+
+    srtt: float | None = None
+    rttvar: float = 0.0
+
+    def sample(self, rtt: float) -> None:
+        """Feed one measured round trip (seconds, >= 0)."""
+        if self.srtt is None:
+            self.srtt, self.rttvar = rtt, rtt / 2.0
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
+            self.srtt = 0.875 * self.srtt + 0.125 * rtt
 
 
 class PeerHealth:
@@ -69,8 +94,8 @@ class PeerHealth:
         self.initial = min(max(float(initial), floor), ceiling)
         self.floor = float(floor)
         self.ceiling = float(ceiling)
-        self.srtt: float | None = None
-        self.rttvar = 0.0
+        self.warm = RttEstimate()
+        self.cold = RttEstimate()
         self._records: dict[bytes, _Record] = {}  # insertion order = failure order
 
     # -- backoff ------------------------------------------------------------------------
@@ -86,17 +111,14 @@ class PeerHealth:
             del self._records[next(iter(self._records))]
         return failures
 
-    def answered(self, peer_id: bytes, *, rtt: float | None = None) -> None:
-        """``peer_id`` answered a request (after ``rtt`` seconds, when known): clear its
-        record and feed the RTT estimate. Negative RTTs (a clock step) are ignored."""
+    def answered(self, peer_id: bytes, *, rtt: float | None = None,
+                 cold: bool = False) -> None:
+        """``peer_id`` answered a request (after ``rtt`` seconds, when known; ``cold``:
+        the request needed a dial): clear its record and feed the matching RTT
+        estimate. Negative RTTs (a clock step) are ignored."""
         self._records.pop(peer_id, None)
-        if rtt is None or rtt < 0:
-            return
-        if self.srtt is None:
-            self.srtt, self.rttvar = rtt, rtt / 2.0
-        else:
-            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
-            self.srtt = 0.875 * self.srtt + 0.125 * rtt
+        if rtt is not None and rtt >= 0:
+            (self.cold if cold else self.warm).sample(rtt)
 
     def locked(self, peer_id: bytes, now: float) -> bool:
         """True while ``peer_id`` is in its backoff interval at ``now``."""
@@ -113,11 +135,16 @@ class PeerHealth:
 
     # -- stall timeout ------------------------------------------------------------------
 
-    def stall_timeout(self) -> float:
-        """Seconds after which an unanswered request counts as stalled."""
-        if self.srtt is None:
+    def stall_timeout(self, *, cold: bool = False) -> float:
+        """Seconds after which an unanswered request (``cold``: one that needs a dial)
+        counts as stalled."""
+        estimate = self.cold if cold else self.warm
+        if estimate.srtt is None and not cold:
+            estimate = self.cold  # a warm request is no slower than a cold one
+        srtt = estimate.srtt
+        if srtt is None:
             return self.initial
-        value = max(2.0 * self.srtt, self.srtt + 4.0 * self.rttvar)
+        value = max(2.0 * srtt, srtt + 4.0 * estimate.rttvar)
         return min(max(value, self.floor), self.ceiling)
 
 
@@ -125,7 +152,8 @@ class PeerHealth:
 class Pending:
     """One request in flight: to ``peer``, for query ``query_id`` (None: a liveness
     ping or an entry correction), expecting an answer of type ``expected``; sent at
-    ``sent_at``, failed at ``deadline``, stalled at ``stall_at`` (None: never)."""
+    ``sent_at``, failed at ``deadline``, stalled at ``stall_at`` (None: never);
+    ``cold``: it needed a dial (see :data:`WARM_S`)."""
 
     peer: PeerInfo
     query_id: int | None
@@ -134,6 +162,7 @@ class Pending:
     deadline: float
     stall_at: float | None = None
     stalled: bool = False
+    cold: bool = False
 
 
 class InFlight:

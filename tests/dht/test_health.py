@@ -80,3 +80,16 @@ def test_in_flight_reports_stalls_then_hard_deadlines_in_time_order() -> None:
     hard = list(table.due(10.2))
     assert [(rid, h) for rid, _, h in hard] == [(2, True), (3, True)]
     assert len(table) == 0 and table.next_deadline() is None
+
+
+def test_cold_requests_that_need_a_dial_have_their_own_estimate() -> None:
+    h = health()
+    assert h.stall_timeout(cold=True) == h.stall_timeout() == 1.0
+    for _ in range(30):
+        h.answered(b"a", rtt=0.5, cold=True)  # dial + request
+    assert h.stall_timeout(cold=True) == pytest.approx(1.0, abs=0.01)
+    assert h.stall_timeout() == pytest.approx(1.0, abs=0.01)  # no warm sample: the cold one
+    for _ in range(30):
+        h.answered(b"a", rtt=0.05)  # over an open connection
+    assert h.stall_timeout() == pytest.approx(0.2)  # 2 x 0.05 is under the floor
+    assert h.stall_timeout(cold=True) == pytest.approx(1.0, abs=0.01)
