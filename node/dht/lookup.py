@@ -26,6 +26,12 @@ timeout; never asked again).
   :meth:`Lookup.on_failure` marks an error or timeout (timeouts are the driver's
   clock, so this class never reads time). Answers from peers not in flight (WAITING or
   STALLED) are ignored.
+* Final round (paper 2.3: "if a round of FIND_NODEs fails to return a node any closer
+  than the closest already seen, the initiator resends the FIND_NODE to all of the k
+  closest nodes it has not already queried"): after ``alpha`` answers in a row bring no
+  peer closer than the closest known, all of the ``k`` closest not yet asked are asked
+  at once; an answer that brings a closer peer restores the ``alpha`` limit. The tail
+  of a lookup then takes one round trip instead of ``k / alpha``.
 * It is :attr:`Lookup.finished` when the ``k`` closest live peers it has seen
   have all answered (the paper's and the spec's termination rule), which includes the
   case of fewer than ``k`` reachable peers, or when :meth:`Lookup.cancel` was called.
@@ -154,6 +160,8 @@ class Lookup:
         self.paths = paths
         self._in_flight = [0] * paths  # per path
         self._known = [0] * paths  # per path: peers it knows
+        self._best = [1 << 256] * paths  # per path: closest distance it knows
+        self._no_progress = [0] * paths  # per path: answers since _best last improved
         self._queries = self._responses = self._failures = self._stalls = 0
         self._cancelled = False
         self._finished: bool | None = None  # cached until the next change
@@ -161,9 +169,11 @@ class Lookup:
             self._add(seed, hop=0, path=0)
         if paths > 1:  # deal the seeds round-robin, nearest first
             self._known = [0] * paths
+            self._best = [1 << 256] * paths
             for rank, entry in enumerate(self._sorted):
                 entry.known_by = 1 << (rank % paths)
                 self._known[rank % paths] += 1
+                self._best[rank % paths] = min(self._best[rank % paths], entry.distance)
                 self._sync(entry)
 
     # -- driver inputs ---------------------------------------------------------------
@@ -174,9 +184,12 @@ class Lookup:
         if self._cancelled:
             return []
         chosen: list[PeerInfo] = []
-        in_flight, alpha, avoid = self._in_flight, self.alpha, self._avoid
+        in_flight, avoid = self._in_flight, self._avoid
         done = True
         for path in range(self.paths):
+            # paper 2.3: once a round (alpha answers) brings nothing closer, ask all of
+            # the k closest not yet asked at once
+            alpha = self.k if self._no_progress[path] >= self.alpha else self.alpha
             rescan = True
             while rescan:
                 rescan = False
@@ -209,6 +222,7 @@ class Lookup:
         self._sync(entry)
         self._responses += 1
         entries, hop, path = self._entries, entry.hop + 1, entry.path
+        best = self._best[path]
         deal = [path]
         if self.paths > 1:
             deal += [p for p in range(self.paths) if not self._known[p]]
@@ -227,7 +241,12 @@ class Lookup:
             if not known.known_by >> path & 1:
                 known.known_by |= 1 << path
                 self._known[path] += 1
+                self._best[path] = min(self._best[path], known.distance)
                 self._sync(known)
+        if self._best[path] < best:
+            self._no_progress[path] = 0
+        else:
+            self._no_progress[path] += 1
 
     def on_failure(self, peer_id: bytes) -> None:
         """The request to ``peer_id`` failed or timed out. Ignored unless in flight."""
@@ -323,6 +342,7 @@ class Lookup:
             if not known.known_by >> path & 1:
                 known.known_by |= 1 << path
                 self._known[path] += 1
+                self._best[path] = min(self._best[path], known.distance)
                 self._sync(known)
             return
         distance = key_to_int(kad_key(pid)) ^ self._target
@@ -330,6 +350,7 @@ class Lookup:
         entry = _Entry(info, distance, PeerState.CANDIDATE, hop, 1 << path, -1, avoided)
         self._entries[pid] = entry
         self._known[path] += 1
+        self._best[path] = min(self._best[path], distance)
         at = bisect.bisect(self._distances, distance)
         self._distances.insert(at, distance)
         self._sorted.insert(at, entry)

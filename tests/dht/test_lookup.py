@@ -285,10 +285,9 @@ def test_avoided_peers_are_not_asked_and_are_checked_again_before_asking() -> No
                     avoid=lambda p: p in locked)
     assert [p.peer_id for p in lookup.next_queries()] == [order[1]]
     locked.add(order[2])  # e.g. failed in another lookup meanwhile
-    lookup.on_response(order[1], [])
-    assert [p.peer_id for p in lookup.next_queries()] == [order[3]]
+    lookup.on_response(order[1], [])  # nothing closer: the rest are asked at once
+    assert [p.peer_id for p in lookup.next_queries()] == [order[3], order[4]]
     lookup.on_response(order[3], [])
-    assert [p.peer_id for p in lookup.next_queries()] == [order[4]]
     lookup.on_response(order[4], [])
     assert lookup.finished and lookup.stats().avoided == 2
 
@@ -326,3 +325,21 @@ def test_paths_without_seeds_share_the_first_answer() -> None:
     assert paths == {0, 1, 2}
     with pytest.raises(ValueError):
         Lookup(target, [], paths=0)
+
+
+def test_a_round_without_progress_asks_all_remaining_k_closest_at_once() -> None:
+    target = kad_key(b"t")
+    ids = [pid(n) for n in range(1, 10)]
+    order = true_closest(ids, target, 9)
+    lookup = Lookup(target, [PeerInfo(p) for p in order[2:8]], k=6, alpha=2)
+    assert [p.peer_id for p in lookup.next_queries()] == order[2:4]
+    lookup.on_response(order[2], [PeerInfo(order[1])])  # closer: still alpha
+    assert [p.peer_id for p in lookup.next_queries()] == [order[1]]
+    lookup.on_response(order[3], [])
+    lookup.on_response(order[1], [PeerInfo(order[8])])  # a round without progress
+    asked = [p.peer_id for p in lookup.next_queries()]
+    assert asked == order[4:7]  # every unasked one among the 6 closest, at once
+    lookup.on_response(order[4], [PeerInfo(order[0])])  # closer again: alpha again
+    assert [p.peer_id for p in lookup.next_queries()] == []  # 2 still in flight
+    lookup.on_response(order[5], [])
+    assert [p.peer_id for p in lookup.next_queries()] == [order[0]]
