@@ -67,7 +67,7 @@ from consensus.certificate import CertificateError
 from consensus.certificate import verify as verify_certificate
 from consensus.effects import Decision
 from consensus.messages import batch_digest
-from consensus.quorum import quorum
+from consensus.quorum import Membership, quorum
 from consensus.replica import Config
 from identity.soft import SoftSigner
 from sim import byzantine
@@ -163,6 +163,7 @@ class PbftWorkload:
         self.ids = [member_id(i) for i in range(n)]
         self.index = {m: i for i, m in enumerate(self.ids)}
         self.members = {m: s.public_key for m, s in zip(self.ids, self.signers, strict=True)}
+        self.membership = Membership.of(self.members)  # for the validity checker
         self.adversary = byzantine.Coordinator(self, spec)
         for node in range(n):
             world.attach(node, self._make(node), factory=self._make)
@@ -244,7 +245,7 @@ class PbftWorkload:
         else:
             self.cert_checks += 1
             try:
-                batch = verify_certificate(cert, self.members,
+                batch = verify_certificate(cert, self.membership,
                                            verify_fn=self._world.verify_cache.verify)
                 ok = cert.seq == seq and batch_digest(batch) == digest
             except CertificateError:
