@@ -43,7 +43,8 @@ When it passes the lookup stops waiting for that peer and asks the next one (so 
 alpha useful requests stay in flight even while dead or fabricated peers are being
 tried, the paper's "removed from consideration until and unless they do respond"),
 and other lookups avoid the peer while the request is open; a late answer is still
-used. Only ``request_timeout`` fails a request.
+used. Only ``request_timeout`` fails a request. Lookups run on ``disjoint_paths``
+S/Kademlia paths (see :mod:`node.dht.lookup`).
 FIND_NODE carries the *preimage* of the target (a PeerId, a record key, or random bytes
 for a refresh) because responders hash it (libp2p/specs kad-dht "Distance").
 
@@ -136,11 +137,12 @@ class DhtNode:
     def bootstrap(self, peers: Iterable[PeerInfo], *, now: float) -> int:
         """Join through ``peers`` (e.g. bootstrap multiaddrs, mDNS finds): a lookup for
         the local key seeded with them and the table's closest, repeated
-        ``config.bootstrap_rounds`` times (a later round reseeds from the table); the
-        bucket refresh of ``config.refresh_on_join`` starts as soon as the first round
-        found peers. ``peers`` are asked even while
-        in backoff (the caller chose them). Returns the query id; its result is the
-        last round's. Call it again (with backoff) when the result is empty."""
+        ``config.bootstrap_rounds`` times (a later round reseeds from the table) on
+        ``config.bootstrap_paths`` disjoint paths; the bucket refresh of
+        ``config.refresh_on_join`` starts as soon as the first round found peers.
+        ``peers`` are asked even while in backoff (the caller chose them). Returns the
+        query id; its result is the last round's. Call it again (with backoff) when the
+        result is empty."""
         self._now = now
         seeds = [p for p in peers if p.peer_id != self.local.peer_id]
         return self._start("find_node", self.local.peer_id, now, extra_seeds=seeds,
