@@ -59,7 +59,12 @@ _PEERSTORE_TTL_S = 3600
 
 
 class DhtService:
-    """Runs ``node`` on ``host`` (a py-libp2p host that is already running)."""
+    """Runs ``node`` on ``host`` (a py-libp2p host that is already running).
+
+    Seconds: ``tick_interval`` is the longest sleep between core ticks;
+    ``request_timeout`` bounds one outbound request (default: the core's
+    ``DhtConfig.request_timeout``); ``idle_timeout`` closes an inbound stream that sent
+    nothing. ``rate_per_s``/``burst`` is each peer's inbound token bucket."""
 
     def __init__(
         self,
