@@ -31,9 +31,10 @@ queries that finished; :meth:`advance` acknowledges them (etcd-raft's Ready/Adva
 Routing-table upkeep: a peer that answers is ``update``d; a full bucket asks for a PING
 of its least-recently seen contact, which this core sends itself and feeds back with
 ``ping_result`` (Kademlia paper section 2.2). A peer whose request fails is charged in
-:class:`~node.dht.health.PeerHealth` (locked for an exponentially growing backoff:
-lookups skip it and our answers leave it out) and flagged stale in the table, which
-evicts it as soon as a replacement exists and otherwise keeps it (paper section 4.1).
+:class:`~node.dht.health.PeerHealth`: after ``stale_after`` failures in a row it is
+locked for an exponentially growing backoff (lookups skip it, our answers leave it out)
+and stale in the table, which evicts it as soon as a replacement exists and otherwise
+keeps it (paper section 4.1).
 Bucket refresh is staggered by the routing table; :meth:`bootstrap` runs lookups for
 the local key (paper section 2.3) and, after the first, refreshes the buckets once.
 
@@ -42,9 +43,8 @@ estimate (:meth:`~node.dht.health.PeerHealth.stall_timeout`, about two round tri
 When it passes the lookup stops waiting for that peer and asks the next one (so up to
 alpha useful requests stay in flight even while dead or fabricated peers are being
 tried, the paper's "removed from consideration until and unless they do respond"),
-and other lookups avoid the peer while the request is open; a late answer is still
-used. Only ``request_timeout`` fails a request. Lookups run on ``disjoint_paths``
-S/Kademlia paths (see :mod:`node.dht.lookup`).
+and a late answer is still used. Only ``request_timeout`` fails a request. Lookups run
+on ``disjoint_paths`` S/Kademlia paths (see :mod:`node.dht.lookup`).
 FIND_NODE carries the *preimage* of the target (a PeerId, a record key, or random bytes
 for a refresh) because responders hash it (libp2p/specs kad-dht "Distance").
 
@@ -112,11 +112,13 @@ class DhtNode:
         self.table = RoutingTable(
             local.peer_id, rng=rng, now=now, k=cfg.k,
             refresh_interval=cfg.refresh_interval, ping_timeout=cfg.request_timeout,
+            stale_after=cfg.stale_after,
         )
         self.health = PeerHealth(
             backoff=cfg.failure_backoff, backoff_max=cfg.failure_backoff_max,
             capacity=cfg.health_capacity, initial=cfg.stall_initial,
             floor=min(cfg.stall_floor, cfg.request_timeout), ceiling=cfg.request_timeout,
+            lock_after=cfg.stale_after,
         )
         self.store = RecordStore(
             validator, max_records=self.config.max_records, max_age=self.config.record_max_age
@@ -164,7 +166,7 @@ class DhtNode:
         seeds = self._seeds(kad_key(key))
         lookup = ValueLookup(key, seeds, validator=self.validator, quorum=quorum,
                              k=self.config.k, alpha=self.config.alpha,
-                             local_peer_id=self.local.peer_id, avoid=self._avoid,
+                             local_peer_id=self.local.peer_id, avoid=self._locked,
                              paths=self.config.disjoint_paths)
         query = _Query(qid, "get_value", lookup, wire_key=key, key=key)
         self._queries[qid] = query
@@ -305,21 +307,16 @@ class DhtNode:
     def _locked(self, peer_id: bytes) -> bool:
         return self.health.locked(peer_id, self._now)
 
-    def _avoid(self, peer_id: bytes) -> bool:
-        """Not to be asked by a lookup now: in backoff, or a request to it is stalled."""
-        return peer_id in self._pending.stalled_peers or self.health.locked(peer_id, self._now)
-
     def _seeds(self, target: bytes) -> list[PeerInfo]:
-        contacts = self.table.closest(target, self.config.k, exclude=self._pending.stalled_peers,
-                                      skip_stale=self._locked)
+        contacts = self.table.closest(target, self.config.k, skip_stale=self._locked)
         return [c.peer_info() for c in contacts]
 
     def _lookup(self, target: bytes, seeds: Iterable[PeerInfo],
                 forced: frozenset[bytes], paths: int) -> Lookup:
-        avoid = self._avoid
+        avoid = self._locked
         if forced:
             def avoid(peer_id: bytes) -> bool:
-                return peer_id not in forced and self._avoid(peer_id)
+                return peer_id not in forced and self._locked(peer_id)
         return Lookup(target, seeds, k=self.config.k, alpha=self.config.alpha,
                       local_peer_id=self.local.peer_id, avoid=avoid, paths=paths)
 
@@ -357,7 +354,7 @@ class DhtNode:
         query = self._queries.get(pending.query_id) if pending.query_id is not None else None
         if query is None or query.put_pending is not None:
             return  # the lookup is over: nothing waits for this request
-        self._pending.mark_stalled(pending)
+        pending.stalled = True
         self.counters["stalls"] += 1
         query.lookup.on_stall(pending.peer.peer_id)
         self._pump(query, self._now)

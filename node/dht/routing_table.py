@@ -22,8 +22,10 @@ alive moves the head to the tail (the newcomer waits in the cache); dead removes
 which promotes the most recently seen replacement.
 
 Failed requests (paper section 4.1, "Optimized contact accounting"): the caller reports
-them with :meth:`RoutingTable.record_failure`. A contact that failed is *stale* until it
-answers again (:meth:`RoutingTable.record_answer`). A stale contact is evicted as soon
+them with :meth:`RoutingTable.record_failure`. A contact whose last ``stale_after``
+requests failed is *stale* until it answers again (:meth:`RoutingTable.record_answer`;
+the paper calls a contact stale after 5 failures in a row, the node uses 2). A stale
+contact is evicted as soon
 as a replacement exists -- at once when its bucket's replacement cache is not empty
 (the most recently seen replacement takes the slot), or when a newcomer arrives at its
 full bucket (the newcomer takes the slot of the stale contact with the most failures,
@@ -87,7 +89,8 @@ class Contact:
     ``peer_id``: binary PeerId (multihash bytes, 38 bytes for Ed25519, any length is
     accepted); ``key``: its 32-byte Kademlia key; ``addrs``: binary multiaddrs;
     ``last_seen``: seconds (caller's clock) of the last successful contact;
-    ``failures``: requests to it that failed since it last answered (stale when > 0).
+    ``failures``: requests to it that failed since it last answered (stale from the
+    table's ``stale_after`` on).
     Contacts compare by identity (the table holds one per PeerId).
     """
 
@@ -131,7 +134,7 @@ class _Bucket:
     # by PeerId, in insertion order: last = most recent
     replacements: dict[bytes, Contact] = field(default_factory=dict)
     ping_sent_at: float | None = None  # when the head was asked to be pinged
-    stale: int = 0  # contacts with failures > 0
+    stale: int = 0  # stale contacts (failures >= stale_after)
 
 
 class RoutingTable:
@@ -152,9 +155,11 @@ class RoutingTable:
         refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
         ping_timeout: float = DEFAULT_PING_TIMEOUT,
         max_refresh_cpl: int = MAX_REFRESH_CPL,
+        stale_after: int = 1,
     ) -> None:
-        if k < 1:
-            raise ValueError("k must be at least 1")
+        if k < 1 or stale_after < 1:
+            raise ValueError("k and stale_after must be at least 1")
+        self.stale_after = stale_after
         self.local_peer_id = bytes(local_peer_id)
         self.local_key = kad_key(self.local_peer_id)
         self._local_int = key_to_int(self.local_key)
@@ -252,7 +257,7 @@ class RoutingTable:
         Known: moved to the tail, ``addrs`` replaced when non-empty (its failure count is
         kept: hearing from a peer is not an answer to our request). New (starting with
         ``failures``, what the caller remembers of it) with room: added. New with a full
-        bucket holding a contact with more failures: takes its slot. New with a full
+        bucket holding a stale contact with more failures than it: takes its slot. New with a full
         bucket otherwise: cached as a replacement, and ``ping`` names the head to check
         (unless a ping for this bucket is already pending and younger than
         ``ping_timeout``)."""
@@ -315,18 +320,19 @@ class RoutingTable:
         return True
 
     def record_failure(self, peer_id: bytes) -> bool:
-        """A request to ``peer_id`` failed: flag the contact stale and evict it when its
-        bucket has a replacement (see the module docstring); a replacement-cache entry
-        is forgotten. Returns True when a contact left its bucket."""
+        """A request to ``peer_id`` failed: count it; once the contact is stale, evict it
+        when its bucket has a replacement (see the module docstring). A
+        replacement-cache entry is forgotten. Returns True when a contact left its
+        bucket."""
         contact = self._by_id.get(peer_id)
         if contact is None:
             self._forget_replacement(peer_id)
             return False
         bucket = self._buckets[self._index_of(contact.key_int)]
-        if not contact.failures:
-            bucket.stale += 1
         contact.failures += 1
-        if bucket.replacements:
+        if contact.failures == self.stale_after:
+            bucket.stale += 1
+        if contact.failures >= self.stale_after and bucket.replacements:
             return self.remove(peer_id)
         return False
 
@@ -334,8 +340,9 @@ class RoutingTable:
         """``peer_id`` answered a request: it is no longer stale (no-op when unknown)."""
         contact = self._by_id.get(peer_id)
         if contact is not None and contact.failures:
+            if contact.failures >= self.stale_after:
+                self._buckets[self._index_of(contact.key_int)].stale -= 1
             contact.failures = 0
-            self._buckets[self._index_of(contact.key_int)].stale -= 1
 
     def remove(self, peer_id: bytes) -> bool:
         """Drop ``peer_id`` (it failed to respond); promote the most recently seen
@@ -348,7 +355,7 @@ class RoutingTable:
         index = self._index_of(contact.key_int)
         bucket = self._buckets[index]
         bucket.contacts.remove(contact)
-        if contact.failures:
+        if contact.failures >= self.stale_after:
             bucket.stale -= 1
         if bucket.replacements:
             self._insert(bucket, bucket.replacements.popitem()[1])
@@ -430,7 +437,7 @@ class RoutingTable:
 
     def _insert(self, bucket: _Bucket, contact: Contact) -> None:
         bucket.contacts.append(contact)
-        if contact.failures:
+        if contact.failures >= self.stale_after:
             bucket.stale += 1
         self._by_id[contact.peer_id] = contact
         self._deepest = max(self._deepest, self._index_of(contact.key_int))

@@ -131,7 +131,7 @@ def test_lookups_with_dead_peers_time_out_and_still_finish() -> None:
 def test_failed_peer_is_locked_and_kept_until_a_replacement_exists() -> None:
     # Kademlia paper 4.1: an unresponsive contact is locked for an exponentially growing
     # backoff and flagged stale; it leaves its bucket only for a replacement.
-    cfg = DhtConfig(k=2, failure_backoff=30.0)
+    cfg = DhtConfig(k=2, failure_backoff=30.0, stale_after=1)
     node = DhtNode(PeerInfo(b"me"), validator=VALIDATOR, rng=random.Random(1), config=cfg)
     same = [p for p in (pid(i) for i in range(400))
             if node.table.bucket_index(kad_key(p)) == 0][:3]
@@ -325,7 +325,9 @@ def test_silent_peers_stall_instead_of_holding_up_lookups() -> None:
     net.run_until(lambda: net.now >= t0 + 12.0)  # the hard timeouts fire later
     charged = [(n, d) for n in (net.nodes[p] for p in alive) for d in net.dead
                if n.health.failures(d)]
-    assert charged and all(n.health.locked(d, net.now) for n, d in charged)
+    assert charged  # counted; locked out from the second failure in a row on
+    assert all(n.health.locked(d, net.now) == (n.health.failures(d) >= 2)
+               for n, d in charged)
 
 
 def test_next_wakeup_is_the_earliest_stall_or_deadline() -> None:

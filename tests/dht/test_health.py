@@ -28,6 +28,18 @@ def test_backoff_doubles_per_consecutive_failure_up_to_the_cap() -> None:
     assert h.failures(b"a") == 0 and not h.locked(b"a", 150.0)
 
 
+def test_the_first_lock_can_wait_for_a_second_failure_in_a_row() -> None:
+    h = health(lock_after=2)
+    assert h.failed(b"a", now=0.0) == 1 and not h.locked(b"a", 0.0)  # a lost message?
+    assert h.failed(b"a", now=5.0) == 2 and h.locked(b"a", 34.9)  # 30 s from the 2nd
+    assert not h.locked(b"a", 35.0)
+    assert h.failed(b"a", now=40.0) == 3 and h.locked(b"a", 99.9)  # then 60 s
+    h.answered(b"a")
+    assert h.failed(b"a", now=100.0) == 1 and not h.locked(b"a", 100.0)
+    with pytest.raises(ValueError):
+        health(lock_after=0)
+
+
 def test_records_are_bounded_and_the_least_recently_failed_is_forgotten() -> None:
     h = health(capacity=3)
     for name in (b"a", b"b", b"c"):
@@ -71,11 +83,10 @@ def test_in_flight_reports_stalls_then_hard_deadlines_in_time_order() -> None:
     assert list(table.due(0.4)) == []
     due = list(table.due(0.8))
     assert [(rid, hard) for rid, _, hard in due] == [(1, False), (3, False)]
-    table.mark_stalled(due[0][1])
-    assert b"a" in table.stalled_peers
+    due[0][1].stalled = True
     # request 3's stall was reported but not taken up (e.g. its lookup had ended)
     assert table.next_deadline() == 10.0  # request 1's stall time is done with
-    assert table.pop(1).peer.peer_id == b"a" and b"a" not in table.stalled_peers
+    assert table.pop(1).peer.peer_id == b"a"
     assert table.pop(1) is None  # a late answer
     hard = list(table.due(10.2))
     assert [(rid, h) for rid, _, h in hard] == [(2, True), (3, True)]

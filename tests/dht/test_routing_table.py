@@ -148,6 +148,17 @@ def test_failed_contact_is_kept_flagged_until_a_replacement_exists() -> None:
     assert t.record_failure(b"unknown") is False
 
 
+def test_a_contact_is_stale_only_after_stale_after_failures_in_a_row() -> None:
+    t = table(k=1, stale_after=2)
+    a, b, c = fill_bucket(t, 0, 3)
+    t.update(a, now=0.0)
+    t.update(b, now=1.0)  # cached behind the full bucket
+    assert t.record_failure(a) is False and a in t  # one failure: not stale yet
+    assert t.update(c, now=2.0).status is UpdateStatus.CACHED  # so no eviction
+    assert t.record_failure(a) is True  # stale, and a replacement exists
+    assert [x.peer_id for x in t.bucket(0)] == [c]
+
+
 def test_closest_excludes_and_rejects_bad_keys() -> None:
     t = table()
     for n in range(100):
@@ -228,7 +239,7 @@ class TableMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.t = RoutingTable(b"local", rng=random.Random(0), k=3, replacement_cache_size=2,
-                              ping_timeout=1.0)
+                              ping_timeout=1.0, stale_after=2)
         self.now = 0.0
 
     @rule(n=st.integers(0, 60))
@@ -270,7 +281,8 @@ class TableMachine(RuleBasedStateMachine):
             if cache:
                 assert len(bucket) == 3  # a replacement waits only behind a full bucket
             # internal bookkeeping: stale contacts counted per bucket
-            assert self.t._buckets[index].stale == sum(1 for c in bucket if c.failures)
+            assert self.t._buckets[index].stale == sum(
+                1 for c in bucket if c.failures >= self.t.stale_after)
         assert self.t._deepest == max(
             (i for i in range(256) if self.t.bucket(i)), default=-1)
         for p in in_buckets:
