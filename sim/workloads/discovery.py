@@ -38,11 +38,12 @@ three): ``dht-silent`` never answers; ``dht-garbage`` answers with random bytes;
 ``dht-lie`` answers every FIND_NODE/GET_VALUE with Byzantine peers and fabricated PeerIds
 at black-hole addresses (an eclipse attempt). Findings that shaped the core: waiting
 for silent or fabricated peers until ``request_timeout`` made every lookup slow (now a
-request stalls after about two RTTs and the lookup moves on, and a peer that failed is
-locked out for a backoff); and liars close to a node crowd its honest neighbours out of
-a single-path self-lookup, so a few nodes never met all k closest honest peers until
-someone else's lookup passed by (now two disjoint paths ask about 2k peers). Generic
-``silent``/``delay``/``replay``/``garbage`` also apply.
+request stalls after about two RTTs and the lookup moves on, and a peer that failed
+twice in a row is locked out for a backoff); and liars close to a node crowd its honest
+neighbours out of a single-path self-lookup, so a few nodes never met all k closest
+honest peers until someone else's lookup passed by (now lookups take two disjoint
+paths, the join self-lookup four). Generic ``silent``/``delay``/``replay``/``garbage``
+also apply.
 
 Measurements:
 
