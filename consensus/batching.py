@@ -90,17 +90,26 @@ class RequestsMixin:
             self.timer_on = True
             self.timer = self.current_timeout()
 
-    def _resend(self: Any) -> None:
-        for seq in sorted(self.slots):
-            if seq <= self.last_executed:
+    def _resend_votes(self: Any) -> None:
+        """Re-send this replica's PRE-PREPARE/PREPARE/COMMITs of every slot without a
+        commit certificate once they are ``resend_interval`` ticks old (then again
+        every ``resend_interval``): a lost vote is repaired one interval after it was
+        sent, and votes of slots that finish in time are never sent twice."""
+        interval, unfinished = self.cfg.resend_interval, self._unfinished
+        for seq in sorted(unfinished):
+            slot = self.slots.get(seq)
+            if slot is None or slot.cert is not None or seq <= self.last_executed:
+                unfinished.discard(seq)
                 continue
-            slot = self.slots[seq]
-            if slot.cert is not None:
+            if self.now - slot.sent_tick < interval:
                 continue
+            slot.sent_tick = self.now
             for key in sorted(slot.sent):
                 m = slot.sent[key]
                 if m.sig:
                     self._send(m, self._others())
+
+    def _resend(self: Any) -> None:
         self._resend_checkpoint_and_view()
         self._resend_requests()
         stalled = self.now - self.last_progress >= self.cfg.resend_interval

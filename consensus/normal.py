@@ -40,7 +40,8 @@ _COMMIT = Commit.KIND
 class Slot:
     """Protocol state for one sequence number (the PBFT message log entry)."""
 
-    __slots__ = ("pp", "batches", "prepares", "commits", "voted", "prepared", "sent", "cert")
+    __slots__ = ("pp", "batches", "prepares", "commits", "voted", "prepared", "sent", "cert",
+                 "sent_tick")
 
     def __init__(self) -> None:
         self.pp: PrePrepare | None = None                    # accepted, highest view
@@ -51,6 +52,7 @@ class Slot:
         self.prepared: PreparedProof | None = None           # highest-view certificate
         self.sent: dict[tuple[int, int], Any] = {}           # (KIND, view) -> own msg
         self.cert: CommitCertificate | None = None
+        self.sent_tick = 0  # replica tick when own votes here were last (re)sent
 
 
 class NormalCaseMixin:

@@ -188,6 +188,7 @@ def _restore_own(r: Any, msg: Any) -> tuple[int, int]:
             return msg.view, msg.view
         slot = r.slots.setdefault(msg.seq, r._new_slot())
         slot.sent[(msg.KIND, msg.view)] = msg
+        r._unfinished.add(msg.seq)  # re-sent one resend interval after the restart
         if isinstance(msg, PrePrepare):
             if msg.batch is not None:
                 slot.batches[msg.digest] = msg.batch

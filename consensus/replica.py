@@ -128,6 +128,7 @@ class Replica(NormalCaseMixin, RequestsMixin, CheckpointMixin, ViewChangeMixin):
         self.view = 0
         self.in_view_change = False
         self.slots: dict[int, Slot] = {}
+        self._unfinished: set[int] = set()  # slots holding own votes, not yet certified
         self.pending: dict[tuple[str, int], Request] = {}     # arrival order
         self.pending_since: dict[tuple[str, int], int] = {}
         self.inflight: dict[tuple[str, int], int] = {}        # request -> seq
@@ -223,6 +224,8 @@ class Replica(NormalCaseMixin, RequestsMixin, CheckpointMixin, ViewChangeMixin):
             self.timer -= 1
             if self.timer <= 0:
                 self._on_timeout()
+        if self._unfinished:
+            self._resend_votes()
         if self.now % self.cfg.resend_interval == 0:
             self._resend()
 
@@ -309,7 +312,10 @@ class Replica(NormalCaseMixin, RequestsMixin, CheckpointMixin, ViewChangeMixin):
         seq = getattr(msg, "seq", self.low)
         self._persist("msg" if hasattr(msg, "seq") else "viewchange", seq, msg)
         if isinstance(msg, (PrePrepare, Prepare, Commit)):
-            self._slot(seq).sent[(msg.KIND, msg.view)] = msg
+            slot = self._slot(seq)
+            slot.sent[(msg.KIND, msg.view)] = msg
+            slot.sent_tick = self.now
+            self._unfinished.add(seq)
         self._send(msg, self._others() if dests is None else dests)
         self._own(msg)
 
