@@ -71,7 +71,7 @@ def test_phase_arguments():
     assert part.adversary == ["equivocating-primary"]
     tasks = suite.phase_args(args, "tasks")
     assert tasks.nodes == 50 and tasks.workload == "tasks"
-    assert suite.phase_args(args, "identity").param == ["verifiers=20"]
+    assert suite.phase_args(args, "identity").param == ["verifiers=10"]
     with pytest.raises(ValueError, match="unknown phase"):
         suite.phase_args(args, "nope")
     assert args.partition == ["1s-2s:0-9|10-99"]  # the caller's namespace is untouched
