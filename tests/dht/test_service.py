@@ -6,46 +6,21 @@ import logging
 import random
 import time
 
-import multiaddr
 import trio
-from libp2p import generate_new_ed25519_identity, new_host
+from dht_kit import LOOPBACK, PySeqValidator, SeqValidator, make_host
 from libp2p.custom_types import TProtocol
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.records.validator import NamespacedValidator as PyNamespacedValidator
-from libp2p.records.validator import Validator as PyValidator
 from libp2p.tools.anyio_service.context import background_trio_service
 
 from node.dht.core import DhtNode
 from node.dht.messages import Message, MessageType, PeerInfo
-from node.dht.record_store import NamespacedValidator, RecordInvalid
+from node.dht.record_store import NamespacedValidator
 from node.dht.service import DhtService
 from node.dht.wire import PROTOCOL_ID, encode_frame, encode_uvarint
-from node.transport.host import connection_config
 
-LOOPBACK = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
 logging.getLogger("libp2p").setLevel(logging.CRITICAL)
-
-
-class SeqValidator:
-    def validate(self, key: bytes, value: bytes) -> None:
-        if not value.split(b":")[0].isdigit():
-            raise RecordInvalid("no sequence number")
-
-    def select(self, key: bytes, values) -> int:
-        return max(range(len(values)), key=lambda i: int(values[i].split(b":")[0]))
-
-
-class PySeqValidator(PyValidator):
-    def validate(self, key: str, value: bytes) -> None:
-        SeqValidator().validate(key.encode(), value)
-
-    def select(self, key: str, values: list[bytes]) -> int:
-        return SeqValidator().select(key.encode(), values)
-
-
-def make_host():
-    return new_host(key_pair=generate_new_ed25519_identity(), connection_config=connection_config())
 
 
 def info(host) -> PeerInfo:
