@@ -10,7 +10,10 @@ response) fails at once, as a stream reset would. A node is ticked when its
 :meth:`DhtNode.next_wakeup` is due (as the real shell does), and every node at least
 every ``tick_every`` seconds. Events at the same instant run in
 the order they were scheduled, so a run is a pure function of its inputs and seed.
-It is not the simulator: there is no loss, CPU model or adversary here.
+With ``loss > 0`` each request and each answer is dropped with that probability
+(drawn from a second generator seeded with ``seed``, so a lossless run draws nothing
+extra and is unchanged); a dropped message looks like silence to the requester. It is
+not the simulator: there is no CPU model, jitter or adversary here.
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ class _Event:
 
 
 class MemNet:
-    """Nodes keyed by binary PeerId, connected by a fixed-latency lossless network."""
+    """Nodes keyed by binary PeerId, connected by a fixed-latency network that drops
+    each message with probability ``loss`` (0: lossless). Raises ValueError for a
+    ``loss`` outside ``[0, 1)``."""
 
     def __init__(
         self,
@@ -46,8 +51,14 @@ class MemNet:
         latency: float = 0.01,
         tick_every: float = 1.0,
         config: DhtConfig | None = None,
+        loss: float = 0.0,
     ) -> None:
+        if not 0.0 <= loss < 1.0:
+            raise ValueError("loss must be in [0, 1)")
         self.rng = random.Random(seed)
+        self.loss = loss
+        self._loss_rng = random.Random(f"memnet-loss-{seed}")
+        self.lost = 0
         self.validator = validator
         self.latency = latency
         self.tick_every = tick_every
@@ -56,7 +67,7 @@ class MemNet:
         self.nodes: dict[bytes, DhtNode] = {}
         self.dead: set[bytes] = set()
         self.results: dict[tuple[bytes, int], QueryResult] = {}
-        self.messages = 0
+        self.messages = 0  # requests sent
         self._events: list[_Event] = []
         self._seq = 0
         self._next_tick = 0.0
@@ -136,8 +147,16 @@ class MemNet:
                 self.results[(peer_id, result.query_id)] = result
             for request in ready.requests:
                 self.messages += 1
+                if self._dropped():
+                    continue  # the requester's tick stalls, then times it out
                 wire = encode_message(request.message)
                 self.schedule(self.latency, self._deliver_fn(peer_id, request, wire))
+
+    def _dropped(self) -> bool:
+        if self.loss and self._loss_rng.random() < self.loss:
+            self.lost += 1
+            return True
+        return False
 
     def _deliver_fn(self, origin: bytes, request: OutboundRequest, wire: bytes):
         def deliver() -> None:
@@ -155,6 +174,8 @@ class MemNet:
 
                 self.schedule(self.latency, refused)
                 return
+            if self._dropped():
+                return  # the answer is lost on the way back
             reply = encode_message(handled.response)
 
             def respond() -> None:

@@ -59,7 +59,9 @@ Measurements:
   short run), each
   from a random honest node that is up for a random other honest node's PeerId;
   success = the target is among the peers the lookup returns. Failed and unfinished
-  lookups count as +inf.
+  lookups count as +inf. The report's ``lookups`` also gives the requests each
+  finished lookup sent (``messages_per_lookup``: mean, p50, p99, max; from
+  :class:`~node.dht.lookup.LookupStats`) and the stalls among them.
 
 Params (``[workload_params]`` / ``--param``): ``join_over`` (10s), ``bootstraps`` (3),
 ``tick`` (1s, the longest sleep, as ``DhtService.tick_interval``), ``retry`` (1s),
@@ -147,6 +149,19 @@ def _multiaddr(i: int) -> bytes:
 
 def _frame(kind: int, stream: int, msg: Message) -> bytes:
     return bytes((kind,)) + stream.to_bytes(8, "big") + encode_message(msg)
+
+
+def _summary(values: list[int]) -> dict[str, float] | None:
+    """Mean, p50, p99 (nearest rank) and max of ``values``; None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+
+    def rank(q: float) -> int:
+        return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+    return {"mean": sum(ordered) / len(ordered), "p50": rank(0.5), "p99": rank(0.99),
+            "max": ordered[-1]}
 
 
 class DhtProcess(BaseProcess):
@@ -294,7 +309,7 @@ class DhtProcess(BaseProcess):
         started = self.lookups.pop(result.query_id, None)
         if started is not None:
             ok = any(p.peer_id == started[1] for p in result.closest)
-            self.wl.lookup_done(ctx.now - started[0], ok)
+            self.wl.lookup_done(ctx.now - started[0], ok, result.stats)
 
 
 class DiscoveryWorkload:
@@ -309,6 +324,8 @@ class DiscoveryWorkload:
         self.bad_frames = self.restarts = 0
         self.lookups_started = self.lookups_ok = self.lookups_failed = 0
         self.lookups_skipped = 0
+        self.lookup_queries: list[int] = []  # requests sent by each finished lookup
+        self.lookup_stalls = 0
         self.converged_at: dict[int, float] = {}
         self._spec: RunSpec | None = None
         self._world: Any = None
@@ -437,7 +454,10 @@ class DiscoveryWorkload:
             self.converged_at[node] = now
             self.convergence.add(now - ready)
 
-    def lookup_done(self, latency: float, ok: bool) -> None:
+    def lookup_done(self, latency: float, ok: bool, stats: Any = None) -> None:
+        if stats is not None:
+            self.lookup_queries.append(stats.queries)
+            self.lookup_stalls += stats.stalls
         if ok:
             self.lookups_ok += 1
             self.lookup_latency.add(latency)
@@ -483,6 +503,8 @@ class DiscoveryWorkload:
             "lookups": {"started": self.lookups_started, "ok": self.lookups_ok,
                         "failed": self.lookups_failed, "unfinished": unfinished,
                         "not_started": self.lookups_skipped,
+                        "messages_per_lookup": _summary(self.lookup_queries),
+                        "stalls": self.lookup_stalls,
                         "success_rate": (self.lookups_ok / self.lookups_started
                                          if self.lookups_started else None)},
             "byzantine_strategies": {str(k): v for k, v in sorted(self.strategy.items())},
