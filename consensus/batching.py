@@ -3,12 +3,18 @@
 Theory of operation
 -------------------
 Every replica keeps a pool of pending requests (``pending``, arrival order) fed by
-``propose`` and by REQUEST messages from members. Requests already executed (per-client
-request id, :class:`~consensus.state.ReplicatedState`) or already pending are ignored,
-so duplicates cost nothing. The primary cuts a batch when ``batch_size`` requests are
-free (not yet in a pre-prepare) or the oldest free one has waited ``batch_timeout``
-ticks, or when it holds equivocation evidence to commit; it never opens more than
-``max_inflight`` batches beyond the last executed one nor goes past the high watermark.
+``propose`` and by REQUEST messages from members. A request is signed by the member that
+submitted it (its ``origin``, :class:`~consensus.messages.Request`): ``propose`` signs it
+(inline or through a sign request) and persists it before it is sent; a received one
+counts only when its origin is a member and the signature verifies, and a PRE-PREPARE
+whose batch holds a request that does not is dropped. Requests already executed
+(per-client request id, :class:`~consensus.state.ReplicatedState`) or already pending
+are ignored before any signature check, so duplicates cost a dict lookup. The primary
+cuts a batch when ``batch_size`` requests are free (not yet in a pre-prepare) or the
+oldest free one has waited ``batch_timeout`` ticks, or when it holds equivocation
+evidence to commit; it never opens more than ``max_inflight`` batches beyond the last
+executed one nor goes past the high watermark. After a membership change, pooled
+requests whose origin left the member set are dropped.
 
 Timers. A replica that waits for work (pending requests, or accepted pre-prepares not yet
 executed) runs the view-change timer; executing anything restarts it. Every
@@ -32,7 +38,8 @@ class RequestsMixin:
 
     # -- requests -----------------------------------------------------------------------
     def _on_request(self: Any, req: Request, sender: str | None = None) -> None:
-        key = (req.client, req.rid)
+        """Pool a request whose signature was checked (or that was signed here)."""
+        key = req.key
         if key in self.pending or self.state.is_duplicate(req):
             return
         if len(self.pending) >= self.cfg.max_pending:
@@ -44,10 +51,39 @@ class RequestsMixin:
         self._maybe_propose()
 
     def _step_request(self: Any, msg: Request, sender: str) -> None:
+        """A REQUEST from a member (its own, or one it relays): counted only when its
+        ``origin`` is a member of the current window and its signature verifies."""
         if sender not in self.members:
             self._drop(sender, "not-member")
             return
+        key = msg.key
+        if key in self.pending or self.state.is_duplicate(msg):
+            return  # before the signature check: re-sends cost a dict lookup, not a verify
+        if not self.window_members.check_signed(msg, self.verify):
+            self._drop(sender, "bad-request-signature")
+            return
         self._on_request(msg, sender)
+
+    def _requests_valid(self: Any, requests: tuple[Request, ...]) -> bool:
+        """True when every request of a batch is signed by a member of the window. A
+        request equal to one already pooled here (same signature) was checked on receipt
+        and is not verified again."""
+        pending, members, verify = self.pending, self.window_members, self.verify
+        for r in requests:
+            if pending.get(r.key) != r and not members.check_signed(r, verify):
+                return False
+        return True
+
+    def _evict_non_members(self: Any) -> None:
+        """After a membership change: forget pooled requests whose origin left the member
+        set (no batch may carry them any more, so waiting for them would only time out
+        views)."""
+        members = self.window_members
+        for key in [k for k in self.pending if k[0] not in members]:
+            self.pending.pop(key)
+            self.pending_since.pop(key, None)
+            self.inflight.pop(key, None)
+            self.local.pop(key, None)
 
     def _maybe_propose(self: Any) -> None:
         if self.in_view_change or self.entering or not self.is_primary():

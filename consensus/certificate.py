@@ -5,8 +5,9 @@ Theory of operation
 PBFT here signs every protocol message with Ed25519 (not MACs), so its certificates are
 transferable: a third party holding only the member map can check them.
 
-* Commit certificate (:class:`~consensus.messages.CommitCertificate`): the batch plus a
-  quorum of COMMIT(view, seq, digest(batch)) from distinct members. Two honest replicas
+* Commit certificate (:class:`~consensus.messages.CommitCertificate`): the batch (each
+  request signed by the member that submitted it) plus a quorum of
+  COMMIT(view, seq, digest(batch)) from distinct members. Two honest replicas
   never hold commit certificates for different batches at one sequence number, because
   PBFT only commits what a quorum prepared and prepared certificates survive view changes.
 * Stable-checkpoint certificate (:class:`~consensus.messages.CheckpointProof`): a quorum
@@ -106,9 +107,11 @@ def verify(
 ) -> Batch:
     """Verify a commit certificate against ``members`` (``{id: public_key32}``).
 
-    Returns the decided :class:`Batch` (decided at ``cert.seq``). Raises
-    :class:`Malformed`, :class:`WrongDigest`, :class:`NotAMember`, :class:`BadSignature`
-    or :class:`NotEnoughSigners`.
+    Checks a quorum of distinct members' COMMIT signatures for
+    ``(cert.view, cert.seq, digest(cert.batch))`` and every request's signature by its
+    ``origin`` (a member too). Returns the decided :class:`Batch` (decided at
+    ``cert.seq``). Raises :class:`Malformed`, :class:`WrongDigest`, :class:`NotAMember`,
+    :class:`BadSignature` or :class:`NotEnoughSigners`.
     """
     if isinstance(cert, (bytes, bytearray, memoryview)):
         try:
@@ -127,6 +130,8 @@ def verify(
         seen.add(c.sender)
     if len(seen) < m.quorum:
         raise NotEnoughSigners(f"{len(seen)} distinct signers, quorum is {m.quorum}")
+    for r in cert.batch.requests:
+        _check_sig(m, r, verify_fn)
     return cert.batch
 
 

@@ -3,7 +3,8 @@
 Theory of operation
 -------------------
 The member set (validator set) changes only by executing a committed request whose client
-is :data:`MEMBERS_CLIENT` and whose ``op`` is :func:`member_op` bytes:
+is :data:`MEMBERS_CLIENT` (submitted by any member) and whose ``op`` is :func:`member_op`
+bytes:
 ``[action, member_id, public_key, endorsements]`` with ``action`` ``"add"`` or
 ``"remove"``. Authorisation is Byzantine-proof and needs no outside authority: the op must
 carry endorsements (Ed25519 signatures over :func:`endorsement_bytes`) from a *quorum of
@@ -48,7 +49,7 @@ from .messages import Request
 from .quorum import Membership
 
 __all__ = ["MEMBERS_CLIENT", "REJECTED", "apply_member_op", "endorsement_bytes",
-           "member_op", "member_request"]
+           "member_op"]
 
 #: Client id of membership operations (the "@" prefix is reserved for the system).
 MEMBERS_CLIENT = "@members"
@@ -65,12 +66,6 @@ def member_op(action: str, member: str, key: bytes,
               endorsements: Mapping[str, bytes]) -> bytes:
     """``op`` bytes of a membership request; ``endorsements`` maps member id -> signature."""
     return encode([action, member, key, [[m, endorsements[m]] for m in sorted(endorsements)]])
-
-
-def member_request(rid: int, action: str, member: str, key: bytes,
-                   endorsements: Mapping[str, bytes]) -> Request:
-    """A ready-to-propose membership :class:`Request` (``rid`` unique per change)."""
-    return Request(MEMBERS_CLIENT, rid, member_op(action, member, key, endorsements))
 
 
 def _check(state: Any, op: bytes) -> tuple[Membership | None, str]:

@@ -12,7 +12,7 @@ so one generic encoder and one generic, strict decoder serve every message:
 * ``bytes``   with an exact length (digests 32, signatures 64) or a maximum length;
 * a message class, a tuple of a message class, or ``None``-able message class.
 
-Signed messages (pre-prepare, prepare, commit, checkpoint, view-change, new-view) are
+Signed messages (request, pre-prepare, prepare, commit, checkpoint, view-change, new-view) are
 signed with Ed25519 over :meth:`signing_bytes`: the canonical encoding of
 ``[DOMAIN, KIND, fields...]`` without the signature (and, for a pre-prepare, without the
 batch, which the signed digest already binds; for a view change, with only the summary of
@@ -61,14 +61,44 @@ _cache = cache_field
 
 
 @dataclass(frozen=True, slots=True)
-class Request(_Wire):
-    """A client operation: ``client`` id, per-client request id ``rid`` (dedup), ``op``."""
+class Request(_Signed):
+    """REQUEST(o, t, c) of TOCS 4.1, submitted and signed by a member on behalf of one of
+    its local clients.
+
+    ``client`` names the client *within* its ``origin`` member (a str of at most 256
+    bytes), ``rid`` is that client's request id (the timestamp ``t`` of the paper: ids
+    execute at most once, :class:`consensus.state.ReplicatedState`), ``op`` the
+    operation (at most 1 MiB), ``origin`` the member id that submitted the request and
+    ``sig`` its 64-byte Ed25519 signature over :meth:`signing_bytes`
+    (``[DOMAIN, KIND, client, rid, op, origin]``).
+
+    The de-duplication key is :attr:`key` ``(origin, client, rid)``: client ids are
+    local to the member that signs for them, so a faulty member cannot submit a request
+    under another member's client and pre-empt the real one (the paper's clients sign
+    their own requests; here the members are the only key holders, and a client reaches
+    the mesh through one member). Replicas verify the signature on receipt and inside
+    every PRE-PREPARE's batch; :func:`consensus.certificate.verify` checks it offline."""
 
     client: str
     rid: int
     op: bytes
+    origin: str = ""
+    sig: bytes = _sig()
+    _sb: bytes | None = _cache()
+    _w: list[Any] | None = _cache()
     KIND: ClassVar[int] = 1
-    _SPEC: ClassVar = (("client", "str"), ("rid", "int"), ("op", "bytes"))
+    _SPEC: ClassVar = (("client", "str"), ("rid", "int"), ("op", "bytes"), ("origin", "str"),
+                       ("sig", "b64"))
+
+    @property
+    def sender(self) -> str:
+        """The signer (``origin``), so member-set signature checks apply as to votes."""
+        return self.origin
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        """``(origin, client, rid)``: what de-duplication and the pending pool key on."""
+        return (self.origin, self.client, self.rid)
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,8 +93,12 @@ class NormalCaseMixin:
             self._drop(sender, "bad-batch")
             return
         slot = self._check_vote(pp, sender)
-        if slot is not None:
-            self._accept_pre_prepare(pp, slot)
+        if slot is None:
+            return
+        if not self._requests_valid(b.requests):
+            self._drop(sender, "bad-request-signature")
+            return
+        self._accept_pre_prepare(pp, slot)
 
     def _accept_pre_prepare(self: Any, pp: PrePrepare, slot: Slot | None = None) -> None:
         slot = slot or self._slot(pp.seq)
@@ -112,7 +116,7 @@ class NormalCaseMixin:
         if pp.batch is not None:
             slot.batches[pp.digest] = pp.batch
             for r in pp.batch.requests:
-                self.inflight.setdefault((r.client, r.rid), pp.seq)
+                self.inflight.setdefault(r.key, pp.seq)
         self._arm_timer()
         if (_PREPARE, pp.view) not in slot.sent:
             prep = Prepare(pp.view, pp.seq, pp.digest, self.me)
@@ -228,7 +232,7 @@ class NormalCaseMixin:
         self._persist("decided", cert.seq, cert)
         self._ready.committed.append(Decision(cert.seq, batch, cert, tuple(results), members))
         for r in batch.requests:
-            key = (r.client, r.rid)
+            key = r.key
             self.pending.pop(key, None)
             self.pending_since.pop(key, None)
             self.inflight.pop(key, None)

@@ -100,12 +100,12 @@ def restore(me: str, members: Any, records: Iterable[Record], *, replica_cls: An
                 if isinstance(msg, NewView):
                     pins[msg.view] = msg.sender
             elif rec.kind == "request":
-                req = decode_message(rec.data)
-                if req.client == me:
+                req = decode_message(rec.data)  # own, signed before it was persisted
+                if req.origin == me and req.client == me:
                     r._own_rid = max(r._own_rid, req.rid)
                 r._on_request(req)
-                if (req.client, req.rid) in r.pending:
-                    r.local[(req.client, req.rid)] = r.now
+                if req.key in r.pending:
+                    r.local[req.key] = r.now
             elif rec.kind == "view":
                 v, who = decode(rec.data)
                 entered = max(entered, int(v))
@@ -118,6 +118,7 @@ def restore(me: str, members: Any, records: Iterable[Record], *, replica_cls: An
     except (DecodeError, MessageDecodeError, TypeError, IndexError, ValueError) as exc:
         raise ValueError(f"corrupt consensus record: {exc}") from None
     r.entering = False
+    r._evict_non_members()  # own requests from before this member was removed
     r.view = max(view, entered)
     r.in_view_change = view > entered
     if entered in pins:

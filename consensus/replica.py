@@ -8,8 +8,9 @@ logical time unit), ``propose(op)`` (a local client operation) and ``signed(id, 
 accumulate in a :class:`~consensus.effects.Ready` (``ready()`` / ``advance()``).
 Nothing here does I/O, reads a clock or draws randomness; equal inputs give equal outputs.
 
-Normal case (4.2). Requests are broadcast to every replica (each keeps a pending pool, so
-any future primary has them and every backup can time the primary). The primary of the
+Normal case (4.2). Requests, signed by the member that submits them, are broadcast to
+every replica (each keeps a pending pool, so any future primary has them and every
+backup can time the primary). The primary of the
 view cuts a batch when ``batch_size`` requests are pending or the oldest has waited
 ``batch_timeout`` ticks, assigns the next sequence number inside the watermarks
 (low < n <= low + window) and signs PRE-PREPARE(v, n, d). A backup that accepts it (right
@@ -129,10 +130,11 @@ class Replica(NormalCaseMixin, RequestsMixin, CheckpointMixin, ViewChangeMixin):
         self.in_view_change = False
         self.slots: dict[int, Slot] = {}
         self._unfinished: set[int] = set()  # slots holding own votes, not yet certified
-        self.pending: dict[tuple[str, int], Request] = {}     # arrival order
-        self.pending_since: dict[tuple[str, int], int] = {}
-        self.inflight: dict[tuple[str, int], int] = {}        # request -> seq
-        self.local: dict[tuple[str, int], int] = {}           # proposed here -> last sent
+        # requests by key (origin, client, rid)
+        self.pending: dict[tuple[str, str, int], Request] = {}     # arrival order
+        self.pending_since: dict[tuple[str, str, int], int] = {}
+        self.inflight: dict[tuple[str, str, int], int] = {}        # request -> seq
+        self.local: dict[tuple[str, str, int], int] = {}           # proposed here -> last sent
         self.evidence: dict[str, Evidence] = {}        # culprit -> proof
         self.next_seq = 1
         self.now = 0
@@ -188,19 +190,33 @@ class Replica(NormalCaseMixin, RequestsMixin, CheckpointMixin, ViewChangeMixin):
         return self.primary(self.view) == self.me
 
     def propose(self, op: bytes, *, client: str | None = None, rid: int | None = None) -> Request:
-        """Submit a client operation; broadcast it to all replicas. ``client`` defaults to
-        this replica's id and ``rid`` to the next id of a counter that survives restarts.
-        The request is persisted (kind ``"request"``) so a restart re-submits it until it
-        executes (drivers may delete the record once a Decision contains it). Requests
-        with an already executed (client, rid) are ignored (exactly once, TOCS 4.1)."""
+        """Submit a client operation (``op``, at most 1 MiB) as this member: the request
+        is signed (inline, or through a :class:`SignRequest` the driver answers with
+        ``signed()``), then persisted (record kind ``"request"``, so a restart
+        re-submits it until it executes; drivers may delete the record once a Decision
+        contains it), broadcast to all replicas and pooled here (TOCS 4.1).
+
+        ``client`` (default: this replica's id) names the client within this member and
+        ``rid`` (default: the next id of a counter that survives restarts) its request
+        id; requests whose ``(origin, client, rid)`` already executed are ignored
+        (exactly once). Returns the request, unsigned when the signature is still to
+        come (its :attr:`~consensus.messages.Request.key` is final). Raises ValueError
+        when this replica is not a member of the current window (observers cannot
+        sign)."""
+        if not self.voting:
+            raise ValueError(f"{self.me!r} is not a member: only members submit requests")
         if rid is None:
             rid = self._own_rid = self._own_rid + 1
-        req = Request(client if client is not None else self.me, rid, op)
+        req = Request(client if client is not None else self.me, rid, op, self.me)
+        self._sign_then(req, self._submit)
+        return req
+
+    def _submit(self, req: Request) -> None:
+        """A request signed here: persist before send, then broadcast and pool it."""
         self._persist("request", self.last_executed, req)
-        self.local[(req.client, req.rid)] = self.now
+        self.local[req.key] = self.now
         self._send(req, self._others())
         self._on_request(req)
-        return req
 
     def step(self, msg: Any, *, sender: str) -> None:
         """Feed one message received from ``sender`` (transport-authenticated id). Never

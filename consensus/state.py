@@ -10,8 +10,8 @@ set of a checkpoint can be proven without the snapshot:
 
 * the application :class:`StateMachine` (``apply(seq, requests) -> results``);
 * the client table for request de-duplication (TOCS 4.1: each client's requests execute
-  at most once): per client, the highest executed request id and the executed ids within
-  :data:`DEDUP_WINDOW` below it, plus the last reply;
+  at most once): per client ``(origin member, client id)``, the highest executed request
+  id and the executed ids within :data:`DEDUP_WINDOW` below it, plus the last reply;
 * the member set and a pending change (effective at a checkpoint boundary);
 * the leader-reputation state (:mod:`consensus.leader`), updated from committed batches.
 
@@ -109,39 +109,44 @@ class ReplicatedState:
         self.window = window
         self.pending_members: tuple[int, Membership] | None = None
         self.changed_at = 0  # boundary where ``members`` last changed here (not replicated)
-        self.clients: dict[str, _Client] = {}
+        self.clients: dict[tuple[str, str], _Client] = {}  # (origin, client) -> table
         self.reputation = Reputation()
         self.last_seq = 0
 
     # -- execution ------------------------------------------------------------------
     def is_duplicate(self, req: Request) -> bool:
-        c = self.clients.get(req.client)
+        """True when ``req.key`` executed before (or its id fell below the window)."""
+        c = self.clients.get((req.origin, req.client))
         return c is not None and c.seen(req.rid)
 
     def execute(self, seq: int, batch: Batch) -> list[bytes]:
         """Execute the batch decided at ``seq`` (must be ``last_seq + 1``); returns one
-        result per request (:data:`DUPLICATE` for requests executed before)."""
+        result per request (:data:`DUPLICATE` for requests executed before, and for
+        repeats of a request earlier in the same batch)."""
         if seq != self.last_seq + 1:
             raise AssertionError(f"execute out of order: {seq} after {self.last_seq}")
         self.reputation.on_batch(seq, batch, self.members)
-        fresh: list[Request] = []
-        keys: set[tuple[str, int]] = set()
-        for req in batch.requests:
-            key = (req.client, req.rid)
+        requests = batch.requests
+        fresh: list[int] = []  # positions of first occurrences of keys not executed before
+        keys: set[tuple[str, str, int]] = set()
+        for i, req in enumerate(requests):
+            key = req.key
             if key in keys or self.is_duplicate(req):
                 continue
             keys.add(key)
-            fresh.append(req)
-        app_results = iter(self.app.apply(seq, [r for r in fresh if not _is_system(r)]))
-        out: dict[tuple[str, int], bytes] = {}
-        for req in fresh:
+            fresh.append(i)
+        app_results = iter(self.app.apply(
+            seq, [requests[i] for i in fresh if not _is_system(requests[i])]))
+        out = [DUPLICATE] * len(requests)
+        for i in fresh:
+            req = requests[i]
             res = self._system(seq, req) if _is_system(req) else next(app_results)
-            self.clients.setdefault(req.client, _Client()).record(req.rid, res)
-            out[(req.client, req.rid)] = res
+            self.clients.setdefault((req.origin, req.client), _Client()).record(req.rid, res)
+            out[i] = res
         self.last_seq = seq
         if seq % self.K == 0:
             self._boundary(seq)
-        return [out.get((r.client, r.rid), DUPLICATE) for r in batch.requests]
+        return out
 
     def _system(self, seq: int, req: Request) -> bytes:
         from .membership import apply_member_op
@@ -154,9 +159,10 @@ class ReplicatedState:
             self.pending_members = None
             self.changed_at = seq
 
-    def last_reply(self, client: str, rid: int) -> bytes | None:
-        """The result of ``client``'s request ``rid`` when it was the last one executed."""
-        c = self.clients.get(client)
+    def last_reply(self, origin: str, client: str, rid: int) -> bytes | None:
+        """The result of request ``(origin, client, rid)`` when it was the last one that
+        client executed, else None."""
+        c = self.clients.get((origin, client))
         return c.last_result if c is not None and c.last_rid == rid else None
 
     # -- snapshots ------------------------------------------------------------------
@@ -164,8 +170,8 @@ class ReplicatedState:
         """``[body, members, pending]`` (canonical msgpack): ``body`` is the packed
         ``[last_seq, app snapshot, client table, reputation]``; its digest is
         :func:`state_digest`."""
-        clients = [[k, c.max_rid, c.window(), c.last_rid, c.last_result]
-                   for k, c in sorted(self.clients.items())]
+        clients = [[o, k, c.max_rid, c.window(), c.last_rid, c.last_result]
+                   for (o, k), c in sorted(self.clients.items())]
         pend: Any = None
         if self.pending_members is not None:
             pend = [self.pending_members[0], self.pending_members[1].wire()]
@@ -182,7 +188,8 @@ class ReplicatedState:
         try:
             body, members, pend = decode(snapshot)
             last, app, clients, rep = decode(body)
-            self.clients = {k: _Client(m, set(r), lr, res) for k, m, r, lr, res in clients}
+            self.clients = {(o, k): _Client(m, set(r), lr, res)
+                            for o, k, m, r, lr, res in clients}
             self.members = Membership.of({i: k for i, k in members})
             self.pending_members = None if pend is None else (
                 pend[0], Membership.of({i: k for i, k in pend[1]}))

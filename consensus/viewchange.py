@@ -327,7 +327,7 @@ class ViewChangeMixin:
         o = [self._with_batch(pp) for pp in nv.pre_prepares]
         for pp in o:
             for r in pp.batch.requests if pp.batch is not None else ():
-                self.inflight[(r.client, r.rid)] = pp.seq
+                self.inflight[r.key] = pp.seq
         self.entering = True
         try:
             if best.seq > self.low:

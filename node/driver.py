@@ -35,7 +35,11 @@ from consensus.replica import Replica
 
 log = logging.getLogger("meshnode.consensus")
 
-__all__ = ["CHANNEL", "ConsensusDriver"]
+__all__ = ["CHANNEL", "ConsensusDriver", "NotAMemberError"]
+
+
+class NotAMemberError(RuntimeError):
+    """An operation submitted at a node that is not (yet) a member of the mesh."""
 
 CHANNEL = "consensus"
 
@@ -65,10 +69,12 @@ class ConsensusDriver:
         self._send = send
         self.tick_s = tick_s
         self.on_decision = on_decision
-        self.client_id = f"{replica.me}/{os.urandom(4).hex()}"  # fresh per incarnation
+        # this driver's client id within its member (fresh per incarnation, so request ids
+        # restart at 1 without colliding with the previous run's)
+        self.client_id = f"run-{os.urandom(4).hex()}"
         self._next_rid = 0
         self._wake = trio.Event()
-        self._waiters: dict[tuple[str, int], trio.MemorySendChannel] = {}
+        self._waiters: dict[tuple[str, str, int], trio.MemorySendChannel] = {}
         #: Serialises storage and HSM calls: python-pkcs11 + SoftHSM must never see two
         #: concurrent calls, so every HSM signature in the process goes through it.
         self.io_limiter = trio.CapacityLimiter(1)
@@ -97,11 +103,17 @@ class ConsensusDriver:
                                  rid: int | None = None) -> tuple[Decision, bytes]:
         """Like :meth:`propose`, also returning the application's result for ``op``.
         ``client``/``rid`` override this driver's own client id and counter (system
-        requests such as membership changes use ``consensus.membership.MEMBERS_CLIENT``)."""
+        requests such as membership changes use ``consensus.membership.MEMBERS_CLIENT``).
+        Raises :class:`NotAMemberError` when this node is not a member of the current
+        member set (requests are signed by the member that submits them)."""
+        if self.replica.me not in self.replica.members:
+            raise NotAMemberError(
+                f"this node ({self.replica.me}) is not a member of the mesh: only members "
+                "submit operations (ask the members to add it: meshnode members add)")
         if client is None:
             self._next_rid += 1
             client, rid = self.client_id, self._next_rid
-        key = (client, rid)
+        key = (self.replica.me, client, rid)
         send, receive = trio.open_memory_channel[Decision](1)
         self._waiters[key] = send
         try:
@@ -111,7 +123,7 @@ class ConsensusDriver:
         finally:
             self._waiters.pop(key, None)
         for request, result in zip(decision.batch.requests, decision.results, strict=True):
-            if (request.client, request.rid) == key:
+            if request.key == key:
                 return decision, result
         raise AssertionError("a delivered decision must contain the awaited request")
 
@@ -157,6 +169,6 @@ class ConsensusDriver:
         if self.on_decision is not None:
             self.on_decision(decision)
         for request in decision.batch.requests:
-            waiter = self._waiters.pop((request.client, request.rid), None)
+            waiter = self._waiters.pop(request.key, None)
             if waiter is not None:
                 waiter.send_nowait(decision)

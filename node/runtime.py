@@ -42,7 +42,7 @@ from node import config as node_config
 from node import genesis
 from node.control import ControlError, ControlServer
 from node.discovery import Discovery
-from node.driver import CHANNEL, ConsensusDriver
+from node.driver import CHANNEL, ConsensusDriver, NotAMemberError
 from node.metrics import Metrics
 from node.storage import Storage
 from node.tasks.api import HandlerRegistry
@@ -50,11 +50,12 @@ from node.tasks.builtin import register_builtin_handlers
 from node.tasks.control import task_handlers
 from node.tasks.engine import TaskEngine
 from node.tasks.meshapp import MeshTaskApp, bound_replica
-from node.tasks.service import MeshTaskService
+from node.tasks.service import MeshSubmitError, MeshTaskService
 from node.tasks.store import TaskStore
 from node.transport.host import LibP2PTransport
 from plugins.bridge import TransportPubSub, plugin_operation
 from plugins.host import PluginHost
+from plugins.supervisor import CallRefused
 
 log = logging.getLogger("meshnode.node")
 
@@ -153,12 +154,18 @@ class NodeRuntime:
             return await trio.to_thread.run_sync(signer.sign, data, limiter=driver.io_limiter)
 
         async def propose(op: bytes) -> bytes:
-            return (await driver.propose_for_result(op))[1]
+            try:
+                return (await driver.propose_for_result(op))[1]
+            except NotAMemberError as exc:
+                raise MeshSubmitError(str(exc)) from None
 
         mesh = MeshTaskService(app, engine, me=me, propose=propose, sign=sign)
 
         async def plugin_propose(plugin: str, op: bytes) -> int:
-            return (await driver.propose(plugin_operation(plugin, op))).seq
+            try:
+                return (await driver.propose(plugin_operation(plugin, op))).seq
+            except NotAMemberError as exc:
+                raise CallRefused(str(exc)) from None
 
         pubsub = TransportPubSub(transport)
         plugin_host = PluginHost(self.registry, self.cfg.plugins,
@@ -296,7 +303,10 @@ class NodeRuntime:
             if type(op) is not bytes or not op:
                 raise ControlError("propose needs a non-empty op (bytes)")
             started = trio.current_time()
-            decision = await self.parts.driver.propose(op)
+            try:
+                decision = await self.parts.driver.propose(op)
+            except NotAMemberError as exc:
+                raise ControlError(str(exc)) from None
             self.metrics.commit_latency.observe(trio.current_time() - started)
             path = self._write_certificate(decision.seq)
             return {"seq": decision.seq, "certificate": str(path)}
@@ -387,8 +397,11 @@ class NodeRuntime:
             raise ControlError("endorsements must map PeerIds to signatures")
         op = member_op(action, peer_id, key, endorsements)
         rid = time.time_ns() // 1_000_000  # unique and increasing per change
-        decision, result = await self.parts.driver.propose_for_result(
-            op, client=MEMBERS_CLIENT, rid=rid)
+        try:
+            decision, result = await self.parts.driver.propose_for_result(
+                op, client=MEMBERS_CLIENT, rid=rid)
+        except NotAMemberError as exc:
+            raise ControlError(str(exc)) from None
         if result.startswith(MEMBER_REJECTED):
             raise ControlError(result[len(MEMBER_REJECTED):].decode("utf-8", "replace"))
         return {"seq": decision.seq, "result": result.decode("utf-8", "replace")}

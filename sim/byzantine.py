@@ -257,7 +257,7 @@ class ByzantineProcess(PbftProcess):
             if not a or not b:
                 return [(dests, msg)]
             batch = msg.batch
-            evil = Request(f"evil-{self.me}", msg.seq, b"equivocation")
+            evil = self._resign(ctx, Request("evil", msg.seq, b"equivocation", self.me))
             other = dataclasses.replace(batch, requests=(*batch.requests[::-1], evil))
             forked = self._resign(ctx, msg, digest=batch_digest(other), batch=other)
             coord.forks[(msg.view, msg.seq)] = (msg.digest, forked.digest)
@@ -295,7 +295,8 @@ class ByzantineProcess(PbftProcess):
         if act.params["impersonate"]:
             ids = self.wl.ids
             other = ids[(self.node + 1 + ctx.rng.randrange(len(ids) - 1)) % len(ids)]
-            out.append((dests, _replace(msg, sender=other)))
+            who = "origin" if isinstance(msg, Request) else "sender"
+            out.append((dests, _replace(msg, **{who: other})))
         return out
 
 

@@ -73,14 +73,15 @@ def _unpack(value: bytes) -> Record:
 
 
 def _tag(rec: Record) -> Any:
-    """The view of a ``viewchange``/``view`` record, the (client, rid) of a ``request``.
-    Reads the wire array directly, without the codec's 4 MiB message limit (records are
-    the replica's own; view changes are compact and far below it since 957f6d7)."""
+    """The view of a ``viewchange``/``view`` record, the key (origin, client, rid) of a
+    ``request``. Reads the wire array directly, without the codec's 4 MiB message limit
+    (records are the replica's own; view changes are compact and far below it since
+    957f6d7)."""
     obj = decode(rec.data, max_bytes=1 << 31)
     if rec.kind == "view":
         return int(obj[0])  # [view, primary]
     if rec.kind == "request":
-        return (obj[1], obj[2])  # Request: [KIND, client, rid, op]
+        return (obj[4], obj[1], obj[2])  # Request: [KIND, client, rid, op, origin, sig]
     return obj[1]  # ViewChange [KIND, new_view, ...] / NewView [KIND, view, ...]
 
 
@@ -133,7 +134,7 @@ class PbftProcess(BaseProcess):
         self.replica: Replica | None = None
         self.ctx: Context | None = None
         self.disk_kinds: dict[int, tuple[str, Any]] = {}
-        self.request_keys: dict[tuple[str, int], int] = {}
+        self.request_keys: dict[tuple[str, str, int], int] = {}
         self.next_key = 0
         self.executed = 0
         self.early: list[tuple[bytes, str, int]] = []
@@ -269,7 +270,8 @@ class PbftProcess(BaseProcess):
             ctx.disk.pop(k, None)
 
     def _forget_executed(self, ctx: Context, r: Replica) -> None:
-        done = [k for k in self.request_keys if r.state.is_duplicate(Request(k[0], k[1], b""))]
+        done = [k for k in self.request_keys
+                if r.state.is_duplicate(Request(k[1], k[2], b"", k[0]))]
         for k in done:
             key = self.request_keys.pop(k)
             self.disk_kinds.pop(key, None)
@@ -277,7 +279,7 @@ class PbftProcess(BaseProcess):
 
     def forget_requests(self, ctx: Context, d: Decision) -> None:
         for r in d.batch.requests:
-            k = self.request_keys.pop((r.client, r.rid), None)
+            k = self.request_keys.pop(r.key, None)
             if k is not None:
                 self.disk_kinds.pop(k, None)
                 ctx.disk.pop(k, None)

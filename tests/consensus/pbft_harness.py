@@ -201,6 +201,14 @@ class Net:
         self.pump(i)
         return req
 
+    def sign(self, i: str, msg: Any) -> Any:
+        """``msg`` signed with member ``i``'s key."""
+        return dataclasses.replace(msg, sig=self.signers[i].sign(msg.signing_bytes()))
+
+    def signed_request(self, origin: str, op: bytes, *, client: str, rid: int) -> Request:
+        """A request submitted and validly signed by ``origin`` (not sent anywhere)."""
+        return self.sign(origin, Request(client, rid, op, origin))
+
     def crash(self, i: str) -> None:
         self.down.add(i)
 
@@ -282,7 +290,8 @@ class Net:
             if hasattr(msg, "sig"):
                 out.append(dataclasses.replace(msg, sig=bytes(64)))
                 other = self.ids[self.rng.randrange(len(self.ids))]
-                out.append(dataclasses.replace(msg, sender=other))
+                who = "origin" if isinstance(msg, Request) else "sender"
+                out.append(dataclasses.replace(msg, **{who: other}))
             return out
         if strategy == "replay":
             extra = [self.seen[self.rng.randrange(len(self.seen))]] if self.seen else []
@@ -300,7 +309,8 @@ class Net:
         elif self.ids.index(dst) % 2 == 0:
             return msg
         if isinstance(msg, PrePrepare) and msg.batch is not None and msg.batch.requests:
-            reqs = msg.batch.requests[:-1] + (Request("evil", msg.seq, b"evil"),)
+            evil = self._resign(src, Request("evil", msg.seq, b"evil", src))
+            reqs = msg.batch.requests[:-1] + (evil,)
             b = dataclasses.replace(msg.batch, requests=reqs)
             return self._resign(src, dataclasses.replace(
                 msg, digest=batch_digest(b), batch=b))

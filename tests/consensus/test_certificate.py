@@ -9,7 +9,7 @@ import pytest
 from pbft_harness import Net
 
 from consensus import certificate as C
-from consensus.messages import CommitCertificate, encode_message
+from consensus.messages import CommitCertificate, Request, batch_digest, encode_message
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +54,25 @@ def test_precise_errors(decided) -> None:
         C.verify(wrong_seq, net.members)
     assert all(issubclass(e, C.CertificateError) for e in
                (C.Malformed, C.NotEnoughSigners, C.BadSignature, C.NotAMember, C.WrongDigest))
+
+
+def test_requests_inside_the_batch_are_verified_too(decided) -> None:
+    """Even a quorum of valid COMMITs does not make a batch with a request its origin
+    never signed verify: each request's signature is checked against its origin."""
+    net, cert = decided
+    real = cert.batch.requests[0]
+    assert real.origin == "r001" and C.verify(cert, net.members) == cert.batch
+
+    def certify(requests):
+        batch = dataclasses.replace(cert.batch, requests=requests)
+        commits = tuple(net.sign(c.sender, dataclasses.replace(
+            c, digest=batch_digest(batch), sig=b"")) for c in cert.commits)
+        return dataclasses.replace(cert, batch=batch, commits=commits)
+
+    assert C.verify(certify((real,)), net.members).requests == (real,)  # re-signed: fine
+    altered = dataclasses.replace(real, op=b"not what r001 signed")
+    with pytest.raises(C.BadSignature, match="Request"):
+        C.verify(certify((real, altered)), net.members)
+    outsider = Request("c", 1, b"x", "stranger", real.sig)
+    with pytest.raises(C.NotAMember, match="stranger"):
+        C.verify(certify((outsider,)), net.members)

@@ -68,13 +68,28 @@ def test_add_then_remove_a_member() -> None:
     op = endorse(net, "remove", "r003", key3, ["r000", "r001", "r002", "r004"])
     net.propose("r001", op, client=MEMBERS_CLIENT, rid=2)
     stay = ["r000", "r001", "r002", "r004"]
+    # a request by r003 that only one backup pooled (the primary never saw it): once r003
+    # is removed no batch may carry it, so that backup must forget it, not time out on it
+    backup = next(i for i in stay if i != net.replicas[i].primary(net.replicas[i].view))
+    orphan = net.signed_request("r003", b"orphan", client="r003", rid=99)
+    net.replicas[backup].step(orphan, sender="r003")
+    assert orphan.key in net.replicas[backup].pending
     fill(net, 24, "c", who=stay)
     net.run(40)
     for i in stay:
         r = net.replicas[i]
         assert r.members.ids == tuple(stay) and r.members.quorum == 3
     assert not net.replicas["r003"].voting
+    with pytest.raises(ValueError, match="not a member"):
+        net.replicas["r003"].propose(b"too late")
     net.crash("r003")                    # the removed member is not needed any more
+    net.run(200)                         # idle: nobody may be waiting for anything
+    assert orphan.key not in net.replicas[backup].pending
+    assert {(net.replicas[i].view, net.replicas[i].in_view_change) for i in stay} == \
+        {(net.replicas["r000"].view, False)}
+    late = net.signed_request("r003", b"late", client="r003", rid=100)
+    net.replicas[backup].step(late, sender="r000")         # relayed by a member
+    assert net.replicas[backup].drops["r000"] == {"bad-request-signature": 1}
     fill(net, 8, "d", who=stay)
     net.check_safety()
 

@@ -41,7 +41,8 @@ def _sign(m):
 
 
 def samples() -> list[object]:
-    batch = Batch(3, "r001", (Request("c", 1, b"op"), Request("d", 2, b"")), ())
+    batch = Batch(3, "r001", (_sign(Request("c", 1, b"op", "r001")),
+                              _sign(Request("d", 2, b"", "r002"))), ())
     d = batch_digest(batch)
     pp = _sign(PrePrepare(3, 7, d, "r001", batch=batch))
     prep = _sign(Prepare(3, 7, d, "r002"))
@@ -53,7 +54,7 @@ def samples() -> list[object]:
     bare = PrePrepare(4, 7, d, "r001", pp.sig)
     nv = _sign(NewView(4, (vc.summary(),), proof, (pproof,), (bare,), "r001"))
     cert = CommitCertificate(7, 3, batch, (com,))
-    return [Request("c", 1, b"x"), pp, prep, com, ck, vc, nv, StateRequest(5),
+    return [_sign(Request("c", 1, b"x", "r003")), pp, prep, com, ck, vc, nv, StateRequest(5),
             StateReply(proof, b"snap", (cert,)), cert, Evidence(b"a", b"b"), batch, proof,
             pproof, vc.summary(),
             MembershipProof(proof, bytes(32), bytes(32), (Member("r001", bytes(32)),))]

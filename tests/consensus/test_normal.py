@@ -7,7 +7,7 @@ import pytest
 from pbft_harness import Net
 
 from consensus.effects import Ready
-from consensus.messages import Prepare, PrePrepare, encode_message
+from consensus.messages import Batch, Prepare, PrePrepare, Request, batch_digest, encode_message
 from consensus.replica import Config, Replica
 from consensus.state import DUPLICATE
 
@@ -43,28 +43,77 @@ def test_duplicate_requests_execute_once() -> None:
     net = Net(4, seed=2, config=Config(batch_size=1))
     net.propose("r000", b"x", client="alice", rid=1)
     net.run(5, until=lambda: net.all_decided([b"x"]))
-    net.propose("r001", b"x", client="alice", rid=1)   # a retransmission
-    net.propose("r002", b"y", client="alice", rid=2)
+    net.propose("r000", b"x", client="alice", rid=1)   # a retransmission
+    net.propose("r000", b"y", client="alice", rid=2)
     net.run(10, until=lambda: net.all_decided([b"y"]))
     done = [r for d in net.decided["r003"].values() for r in d.batch.requests]
-    assert [(r.client, r.rid) for r in done] == [("alice", 1), ("alice", 2)]
-    # the same request smuggled into a batch twice executes once
-    net2 = Net(4, seed=3, config=Config(batch_size=10, batch_timeout=2))
-    net2.propose("r000", b"z", client="bob", rid=7)
-    net2.propose("r001", b"z2", client="bob", rid=7)
-    net2.run(10, until=lambda: net2.all_decided([b"z"]) or net2.all_decided([b"z2"]))
-    d = next(iter(net2.decided["r003"].values()))
-    assert len(d.results) == len(d.batch.requests)
-    assert sum(res != DUPLICATE for res in d.results) == 1
+    assert [r.key for r in done] == [("r000", "alice", 1), ("r000", "alice", 2)]
+    # the same signed request smuggled into a batch twice executes once
+    r = net.replicas["r003"]
+    req = net.signed_request("r001", b"z", client="bob", rid=7)
+    state = r.state
+    results = state.execute(state.last_seq + 1, Batch(0, "r000", (req, req)))
+    assert results[0] != DUPLICATE and results[1] == DUPLICATE
+    assert state.is_duplicate(req)
+
+
+def test_client_ids_are_local_to_the_member_that_signs_for_them() -> None:
+    """Another member submitting the same (client, rid) neither pre-empts nor replaces
+    the request: the de-duplication key is (origin, client, rid)."""
+    net = Net(4, seed=5, config=Config(batch_size=1))
+    net.propose("r001", b"mine", client="alice", rid=1)
+    net.propose("r000", b"theirs", client="alice", rid=1)
+    net.run(10, until=lambda: net.all_decided([b"mine", b"theirs"]))
+    got = {r.key: r.op for d in net.decided["r002"].values() for r in d.batch.requests}
+    assert got == {("r001", "alice", 1): b"mine", ("r000", "alice", 1): b"theirs"}
+
+
+def test_forged_requests_are_dropped_and_counted() -> None:
+    """A member relaying a request in another member's name (no valid signature by that
+    origin), or a primary batching one, gets nothing executed: the REQUEST is dropped as
+    ``bad-request-signature`` and so is the PRE-PREPARE that carries it."""
+    net = Net(4, seed=6, config=Config(batch_size=1))
+    real = net.signed_request("r001", b"real", client="alice", rid=1)
+    forged = Request("alice", 1, b"forged", "r001", real.sig)       # op changed
+    unsigned = Request("alice", 2, b"unsigned", "r001")
+    for req in (forged, unsigned):
+        net.replicas["r002"].step(req, sender="r003")
+    assert net.replicas["r002"].drops["r003"] == {"bad-request-signature": 2}
+    assert not net.replicas["r002"].pending
+    primary = net.replicas["r002"].primary(0)
+    batch = Batch(0, primary, (forged,))
+    pp = net.sign(primary, PrePrepare(0, 1, batch_digest(batch), primary, batch=batch))
+    net.replicas["r002"].step(pp, sender=primary)
+    assert net.replicas["r002"].drops[primary] == {"bad-request-signature": 1}
+    assert 1 not in net.replicas["r002"].slots or net.replicas["r002"].slots[1].pp is None
+    # the real one still executes, once
+    net.replicas["r002"].step(real, sender="r003")
+    net.run(10, until=lambda: net.all_decided([b"real"], who=["r002"]))
+
+
+def test_a_non_member_cannot_propose() -> None:
+    net = Net(4, seed=7)
+    net.add_node("newcomer")
+    with pytest.raises(ValueError, match="not a member"):
+        net.replicas["newcomer"].propose(b"x")
 
 
 def test_sign_request_round_trip_and_persist_before_send() -> None:
     net = Net(4, seed=4)
     primary = net.replicas["r000"].primary(0)
     r = net.replicas[primary]
-    r.propose(b"op")
+    req = r.propose(b"op")
+    rd: Ready = r.ready()     # the request is signed, persisted and sent first
+    assert [s.data for s in rd.sign_requests] == [req.signing_bytes()] and not rd.messages
+    r.advance(rd)
+    r.signed(rd.sign_requests[0].id, net.signers[primary].sign(req.signing_bytes()))
+    rd = r.ready()
+    sent = [o.msg for o in rd.messages]
+    assert [type(m) for m in sent] == [Request] and sent[0].key == req.key
+    assert [p.kind for p in rd.persist] == ["request"]
+    r.advance(rd)
     r.tick()
-    rd: Ready = r.ready()
+    rd = r.ready()
     assert rd.sign_requests and not any(isinstance(o.msg, PrePrepare) for o in rd.messages)
     sr = rd.sign_requests[0]
     r.advance(rd)

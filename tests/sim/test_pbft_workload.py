@@ -256,10 +256,11 @@ def test_decode_cache_is_bounded_by_bytes():
     from sim.workloads.pbft_process import DecodeCache
 
     cache = DecodeCache(max_bytes=10_000, max_payload=2_000)
-    small = [encode_message(Request("c", i, b"x" * 100)) for i in range(200)]
+    sig = bytes(64)  # the codec checks the shape only; replicas verify signatures
+    small = [encode_message(Request("c", i, b"x" * 100, "r1", sig)) for i in range(200)]
     for p in small:
         assert cache.decode(p).rid == small.index(p)
     assert cache._bytes <= 10_000
-    big = encode_message(Request("c", 1, b"y" * 5_000))
+    big = encode_message(Request("c", 1, b"y" * 5_000, "r1", sig))
     assert cache.decode(big).op == b"y" * 5_000 and big not in cache._cache
     assert cache.decode(b"\xc1garbage") is None
