@@ -130,6 +130,7 @@ def cmd_decision_show(args: argparse.Namespace) -> int:
         atomic_write(Path(args.out), result["certificate"], mode=0o644)
     summary = {"seq": cert.seq, "view": cert.view, "primary": cert.batch.primary,
                "requests": len(cert.batch.requests),
+               "submitted_by": sorted({r.origin for r in cert.batch.requests}),
                "signers": sorted(c.sender for c in cert.commits)}
     if args.ops:
         summary["ops"] = [r.op.decode("utf-8", "replace") for r in cert.batch.requests]

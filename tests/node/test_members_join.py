@@ -28,6 +28,8 @@ def test_a_new_member_joins_by_committed_operation_and_then_votes(mesh, tmp_path
     peer = info["peer_id"][0]
     st = mesh.control(5, "status")
     assert st["member"] is False and st["n"] == 4
+    refused = cli("propose", "too early", "--home", str(joiner), check=False)
+    assert refused.returncode == 1 and "not a member" in refused.stderr  # it cannot sign
 
     endorsements = [cli("members", "endorse", peer, "--home", str(mesh.home(k))).stdout.strip()
                     for k in (1, 2, 3)]

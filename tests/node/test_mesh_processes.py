@@ -36,6 +36,12 @@ def test_four_processes_commit_100_operations_with_identical_logs(mesh, tmp_path
     assert f"valid: {last} decisions" in out
     cert = mesh.home(1) / "data" / "certificates" / f"{seqs[0]:012d}.cert"
     assert cli("decision", "verify", str(cert), "--home", str(mesh.home(4))).returncode == 0
+    # op-000 went in through node 1, which signed the request as its origin
+    shown = json.loads(cli("decision", "show", str(seqs[0]), "--ops", "--json",
+                           "--home", str(mesh.home(2))).stdout)
+    node1 = json.loads(cli("identity", "show", "--home", str(mesh.home(1)),
+                           "--json").stdout)["peer_id"]
+    assert "op-000" in shown["ops"] and node1 in shown["submitted_by"]
     bad = tmp_path / "bad.cert"
     data = bytearray(cert.read_bytes())
     data[-10] ^= 1
