@@ -29,8 +29,23 @@ from __future__ import annotations
 from typing import Any
 
 from .messages import Batch, PrePrepare, Request, batch_digest
+from .wire import MAX_ITEMS, MAX_OP_BYTES
 
-__all__ = ["RequestsMixin"]
+__all__ = ["MAX_BATCH_BYTES", "MAX_BATCH_REQUESTS", "RequestsMixin", "request_bytes"]
+
+#: Protocol limits every replica applies to a PRE-PREPARE's batch, whatever its own
+#: batching configuration: at most this many requests and request bytes
+#: (:func:`request_bytes`), so a PRE-PREPARE and a commit certificate fit the 4 MiB
+#: message limit. A primary cuts batches by its ``Config.batch_size`` and
+#: ``Config.max_batch_bytes``, which must not exceed them.
+MAX_BATCH_REQUESTS = MAX_ITEMS
+MAX_BATCH_BYTES = 3 * MAX_OP_BYTES
+
+
+def request_bytes(req: Request) -> int:
+    """An upper bound of the request's encoded size in bytes: ``op``, ids, signature and
+    24 bytes of framing."""
+    return len(req.op) + len(req.client) + len(req.origin) + 88
 
 
 class RequestsMixin:
@@ -97,7 +112,8 @@ class RequestsMixin:
                 free and self.now - self.pending_since[free[0]] >= self.cfg.batch_timeout)
             if not ripe:
                 return
-            reqs = tuple(self.pending[k] for k in free[: self.cfg.batch_size])
+            take = self._fill(free)
+            reqs = tuple(self.pending[k] for k in take)
             culprits = sorted(self.evidence)[:16]
             evid = tuple(self.evidence.pop(k) for k in culprits)
             batch = Batch(self.view, self.me, reqs, evid)
@@ -106,9 +122,24 @@ class RequestsMixin:
             slot = self.slots.get(seq)
             if slot is not None and (PrePrepare.KIND, self.view) in slot.sent:
                 raise AssertionError(f"second pre-prepare for ({self.view}, {seq})")
-            for k in free[: self.cfg.batch_size]:
+            for k in take:
                 self.inflight[k] = seq
             self._sign(PrePrepare(self.view, seq, batch_digest(batch), self.me, batch=batch))
+
+    def _fill(self: Any, free: list[Any]) -> list[Any]:
+        """The keys of the next batch: free requests in arrival order, at most
+        ``batch_size`` of them and ``max_batch_bytes`` in all (but at least one)."""
+        budget, cap = self.cfg.max_batch_bytes, self.cfg.batch_size
+        take: list[Any] = []
+        for k in free:
+            if len(take) == cap:
+                break
+            size = request_bytes(self.pending[k])
+            if take and size > budget:
+                break
+            budget -= size
+            take.append(k)
+        return take
 
     # -- timers -------------------------------------------------------------------------
     def current_timeout(self: Any) -> int:

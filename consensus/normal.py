@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .batching import MAX_BATCH_BYTES, MAX_BATCH_REQUESTS, request_bytes
 from .certificate import prepared_proof
 from .effects import Decision
 from .evidence import make_evidence
@@ -89,7 +90,8 @@ class NormalCaseMixin:
             return
         b = pp.batch
         if b is None or b.view != pp.view or b.primary != pp.sender or \
-                len(b.requests) > self.cfg.batch_size or batch_digest(b) != pp.digest:
+                len(b.requests) > MAX_BATCH_REQUESTS or batch_digest(b) != pp.digest or \
+                sum(map(request_bytes, b.requests)) > MAX_BATCH_BYTES:
             self._drop(sender, "bad-batch")
             return
         slot = self._check_vote(pp, sender)

@@ -52,7 +52,7 @@ from typing import Any
 
 from identity.signer import Signer, verify_signature
 
-from .batching import RequestsMixin
+from .batching import MAX_BATCH_BYTES, MAX_BATCH_REQUESTS, RequestsMixin
 from .checkpoint import CheckpointMixin
 from .effects import Outbound, Ready, Record, SignRequest
 from .leader import round_robin, schedule_primary
@@ -73,6 +73,7 @@ from .normal import NormalCaseMixin, Slot
 from .quorum import Membership, VerifyFn
 from .state import NullStateMachine, ReplicatedState, StateMachine
 from .viewchange import ViewChangeMixin
+from .wire import MAX_OP_BYTES
 
 __all__ = ["Config", "Replica", "Slot"]
 
@@ -85,6 +86,9 @@ class Config:
     checkpoint_interval: int = 16      #: K: a checkpoint every K sequence numbers (4.3)
     window: int = 64                   #: L = high - low watermark; a multiple of K
     batch_size: int = 64               #: max requests per batch
+    #: max bytes of requests per batch (ops plus ids and signature; a single larger
+    #: request still travels alone): keeps a PRE-PREPARE under the 4 MiB message limit
+    max_batch_bytes: int = 2 * 1024 * 1024
     batch_timeout: int = 1             #: ticks the primary waits to fill a batch
     max_inflight: int = 16             #: batches the primary has open at once
     view_timeout: int = 20             #: base view-change timeout
@@ -96,6 +100,10 @@ class Config:
     def __post_init__(self) -> None:
         if self.window % self.checkpoint_interval or self.window < self.checkpoint_interval:
             raise ValueError("window must be a positive multiple of checkpoint_interval")
+        if not 0 < self.batch_size <= MAX_BATCH_REQUESTS:
+            raise ValueError(f"batch_size must be in 1..{MAX_BATCH_REQUESTS}")
+        if not 0 < self.max_batch_bytes <= MAX_BATCH_BYTES:
+            raise ValueError(f"max_batch_bytes must be in 1..{MAX_BATCH_BYTES}")
 
 
 class Replica(NormalCaseMixin, RequestsMixin, CheckpointMixin, ViewChangeMixin):
@@ -202,9 +210,11 @@ class Replica(NormalCaseMixin, RequestsMixin, CheckpointMixin, ViewChangeMixin):
         (exactly once). Returns the request, unsigned when the signature is still to
         come (its :attr:`~consensus.messages.Request.key` is final). Raises ValueError
         when this replica is not a member of the current window (observers cannot
-        sign)."""
+        sign) or ``op`` is longer than :data:`~consensus.wire.MAX_OP_BYTES`."""
         if not self.voting:
             raise ValueError(f"{self.me!r} is not a member: only members submit requests")
+        if len(op) > MAX_OP_BYTES:
+            raise ValueError(f"an operation is at most {MAX_OP_BYTES} bytes, got {len(op)}")
         if rid is None:
             rid = self._own_rid = self._own_rid + 1
         req = Request(client if client is not None else self.me, rid, op, self.me)

@@ -20,8 +20,8 @@ import msgpack
 
 from identity.canonical import DecodeError
 
-__all__ = ["DOMAIN", "MessageDecodeError", "Signed", "Wire", "cache_field", "pack",
-           "sha256", "sig_field"]
+__all__ = ["DOMAIN", "MAX_ITEMS", "MAX_OP_BYTES", "MessageDecodeError", "Signed", "Wire",
+           "cache_field", "pack", "sha256", "sig_field"]
 
 #: Domain separation prefix of every signed PBFT message.
 DOMAIN = "meshnode/pbft/1"
@@ -29,6 +29,10 @@ _MAX_INT = 2**63 - 1
 _MAX_STR = 256
 _MAX_OP = 1024 * 1024
 _MAX_ITEMS = 4096
+#: Largest ``bytes`` field (a request's ``op``, a snapshot part) the codec accepts.
+MAX_OP_BYTES = _MAX_OP
+#: Most elements of a tuple field (e.g. requests in a batch) the codec accepts.
+MAX_ITEMS = _MAX_ITEMS
 
 
 class MessageDecodeError(DecodeError):

@@ -30,6 +30,7 @@ from typing import Any
 
 import tomli_w
 
+from consensus.batching import MAX_BATCH_REQUESTS
 from plugins import config as plugins_config
 
 __all__ = ["ConfigError", "NodeConfig", "load", "save"]
@@ -166,6 +167,9 @@ def _section(path: Path, name: str, cls: type, table: dict[str, Any]) -> Any:
         if want is int and (value < 0 or (value == 0 and key not in _MAY_BE_ZERO)):
             raise ConfigError(f"{path}: {name}.{key} must be "
                               f"{'>= 0' if key in _MAY_BE_ZERO else 'positive'}, got {value}")
+        if (name, key) == ("consensus", "batch_size") and value > MAX_BATCH_REQUESTS:
+            raise ConfigError(f"{path}: consensus.batch_size must be at most "
+                              f"{MAX_BATCH_REQUESTS}, got {value}")
         if (name, key) == ("storage", "synchronous") and value not in ("full", "normal"):
             raise ConfigError(f"{path}: storage.synchronous must be 'full' or 'normal'")
         setattr(section, key, value)

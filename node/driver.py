@@ -32,13 +32,18 @@ import trio
 from consensus.effects import Decision, Ready
 from consensus.messages import MessageDecodeError, decode_message, encode_message
 from consensus.replica import Replica
+from consensus.wire import MAX_OP_BYTES
 
 log = logging.getLogger("meshnode.consensus")
 
-__all__ = ["CHANNEL", "ConsensusDriver", "NotAMemberError"]
+__all__ = ["CHANNEL", "ConsensusDriver", "NotAMemberError", "ProposeError"]
 
 
-class NotAMemberError(RuntimeError):
+class ProposeError(RuntimeError):
+    """An operation this node cannot submit (the message says why, in one line)."""
+
+
+class NotAMemberError(ProposeError):
     """An operation submitted at a node that is not (yet) a member of the mesh."""
 
 CHANNEL = "consensus"
@@ -105,11 +110,15 @@ class ConsensusDriver:
         ``client``/``rid`` override this driver's own client id and counter (system
         requests such as membership changes use ``consensus.membership.MEMBERS_CLIENT``).
         Raises :class:`NotAMemberError` when this node is not a member of the current
-        member set (requests are signed by the member that submits them)."""
+        member set (requests are signed by the member that submits them) and
+        :class:`ProposeError` when ``op`` is longer than
+        :data:`consensus.wire.MAX_OP_BYTES` (1 MiB)."""
         if self.replica.me not in self.replica.members:
             raise NotAMemberError(
                 f"this node ({self.replica.me}) is not a member of the mesh: only members "
                 "submit operations (ask the members to add it: meshnode members add)")
+        if len(op) > MAX_OP_BYTES:
+            raise ProposeError(f"an operation is at most {MAX_OP_BYTES} bytes, got {len(op)}")
         if client is None:
             self._next_rid += 1
             client, rid = self.client_id, self._next_rid

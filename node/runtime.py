@@ -42,7 +42,7 @@ from node import config as node_config
 from node import genesis
 from node.control import ControlError, ControlServer
 from node.discovery import Discovery
-from node.driver import CHANNEL, ConsensusDriver, NotAMemberError
+from node.driver import CHANNEL, ConsensusDriver, ProposeError
 from node.metrics import Metrics
 from node.storage import Storage
 from node.tasks.api import HandlerRegistry
@@ -156,7 +156,7 @@ class NodeRuntime:
         async def propose(op: bytes) -> bytes:
             try:
                 return (await driver.propose_for_result(op))[1]
-            except NotAMemberError as exc:
+            except ProposeError as exc:
                 raise MeshSubmitError(str(exc)) from None
 
         mesh = MeshTaskService(app, engine, me=me, propose=propose, sign=sign)
@@ -164,7 +164,7 @@ class NodeRuntime:
         async def plugin_propose(plugin: str, op: bytes) -> int:
             try:
                 return (await driver.propose(plugin_operation(plugin, op))).seq
-            except NotAMemberError as exc:
+            except ProposeError as exc:
                 raise CallRefused(str(exc)) from None
 
         pubsub = TransportPubSub(transport)
@@ -305,7 +305,7 @@ class NodeRuntime:
             started = trio.current_time()
             try:
                 decision = await self.parts.driver.propose(op)
-            except NotAMemberError as exc:
+            except ProposeError as exc:
                 raise ControlError(str(exc)) from None
             self.metrics.commit_latency.observe(trio.current_time() - started)
             path = self._write_certificate(decision.seq)
@@ -400,7 +400,7 @@ class NodeRuntime:
         try:
             decision, result = await self.parts.driver.propose_for_result(
                 op, client=MEMBERS_CLIENT, rid=rid)
-        except NotAMemberError as exc:
+        except ProposeError as exc:
             raise ControlError(str(exc)) from None
         if result.startswith(MEMBER_REJECTED):
             raise ControlError(result[len(MEMBER_REJECTED):].decode("utf-8", "replace"))

@@ -30,6 +30,7 @@ from consensus.effects import Decision, Record
 from consensus.messages import (
     Batch,
     Commit,
+    MessageDecodeError,
     NewView,
     Prepare,
     PrePrepare,
@@ -88,6 +89,7 @@ class Net:
         self.max_delay = 0
         self.filters: list[Callable[[str, str, Any], bool]] = []
         self.delivered = 0
+        self.undecodable = 0  # with ``wire``: messages the codec refused (e.g. > 4 MiB)
         self.seen: list[Any] = []  # for replay adversaries
 
     # -- construction -------------------------------------------------------------
@@ -169,8 +171,12 @@ class Net:
             _, _, src, dst, msg = heapq.heappop(self.queue)
             if dst in self.down:
                 continue
-            if self.wire:
-                msg = decode_message(encode_message(msg))
+            if self.wire:  # as a node does: bytes the codec refuses are dropped
+                try:
+                    msg = decode_message(encode_message(msg))
+                except MessageDecodeError:
+                    self.undecodable += 1
+                    continue
             self.delivered += 1
             if len(self.seen) < 5000 and not isinstance(msg, Request):
                 self.seen.append(msg)

@@ -6,6 +6,7 @@ transport, storage, codec and pump are the real ones.
 
 from __future__ import annotations
 
+import pytest
 import trio
 from libp2p.crypto.ed25519 import Ed25519PrivateKey
 from libp2p.crypto.keys import KeyPair
@@ -86,3 +87,27 @@ async def test_four_replicas_decide_identically_over_libp2p(tmp_path):
         verify_audit_chain(s.audit_entries(), decided_value)
     ops = [r.op for d in decisions for r in d.batch.requests]
     assert set(ops) >= {b"op-%d" % i for i in range(20)}
+
+
+async def test_propose_refuses_what_the_mesh_could_never_decide():
+    """A non-member (it cannot sign requests) and an operation above the codec's 1 MiB
+    get a one-line ProposeError at once, not a request that waits forever."""
+    from consensus.wire import MAX_OP_BYTES
+    from node.driver import NotAMemberError, ProposeError
+
+    signer = SoftSigner(bytes([7]) * 32)
+    me = peer_id_from_public_key(signer.public_key)
+
+    def driver_for(replica: Replica) -> ConsensusDriver:
+        return ConsensusDriver(replica, persist=lambda records: None,
+                               sign_all=lambda datas: [signer.sign(d) for d in datas],
+                               send=lambda peer, channel, data: True, tick_s=0.01)
+
+    member = driver_for(Replica(me, {me: signer.public_key}))
+    with pytest.raises(ProposeError, match="at most 1048576 bytes"):
+        await member.propose(b"x" * (MAX_OP_BYTES + 1))
+    other = SoftSigner(bytes([8]) * 32)
+    outsider = driver_for(Replica(me, {peer_id_from_public_key(other.public_key):
+                                       other.public_key}))
+    with pytest.raises(NotAMemberError, match="not a member"):
+        await outsider.propose(b"op")

@@ -1,0 +1,98 @@
+"""Batches are cut by count and by bytes, so a PRE-PREPARE always fits the 4 MiB message
+limit; backups judge a batch by the protocol's limits, not by their own batching
+configuration; operations above the codec's 1 MiB are refused at submission."""
+
+from __future__ import annotations
+
+import pytest
+from pbft_harness import Net
+
+from consensus.batching import MAX_BATCH_BYTES, request_bytes
+from consensus.messages import Batch, PrePrepare, batch_digest, encode_message
+from consensus.replica import Config, Replica
+from consensus.wire import MAX_OP_BYTES
+
+BIG = 900 * 1024  # six of these are 5.3 MiB: more than one message may carry
+
+
+def big_ops(k: int) -> list[bytes]:
+    return [bytes([i]) * BIG for i in range(k)]
+
+
+def test_large_operations_are_cut_into_batches_that_fit_a_message() -> None:
+    net = Net(4, seed=1, config=Config(batch_size=64, batch_timeout=2), wire=True)
+    want = big_ops(6)
+    for op in want:
+        net.propose("r001", op)
+    net.run(60, until=lambda: net.all_decided(want))
+    net.check_safety()
+    sizes = [len(d.batch.requests) for d in net.decided["r002"].values()]
+    assert sum(sizes) == 6 and max(sizes) == 2  # 2 MiB budget: two 900 KiB requests
+    assert net.undecodable == 0
+    for d in net.decided["r002"].values():  # the pre-prepare and certificate both fit
+        assert len(encode_message(d.certificate)) < 4 * 1024 * 1024
+
+
+def test_a_primary_that_ignores_the_byte_budget_loses_its_batches() -> None:
+    """What the budget prevents: with a count-only limit the six requests form one
+    PRE-PREPARE the codec refuses everywhere, and nothing is decided in that view."""
+    cfg = Config(batch_size=64, batch_timeout=2, view_timeout=1000)
+    net = Net(4, seed=1, config=cfg, wire=True)
+    primary = net.replicas["r000"].primary(0)
+    rogue = Config(batch_size=64, batch_timeout=2, view_timeout=1000)
+    object.__setattr__(rogue, "max_batch_bytes", 64 * MAX_OP_BYTES)  # past validation
+    net.replicas[primary].cfg = rogue
+    for op in big_ops(6):
+        net.propose(primary, op)
+    net.run(30)
+    assert net.undecodable > 0 and not any(net.decided[i] for i in net.ids)
+
+
+def test_one_request_above_the_budget_travels_alone() -> None:
+    net = Net(4, seed=2, config=Config(batch_size=64, batch_timeout=2,
+                                       max_batch_bytes=10_000))
+    want = [b"x" * 4_000, b"y" * 20_000, b"z" * 4_000, b"w" * 4_000]
+    for op in want:
+        net.propose("r001", op)
+    net.run(30, until=lambda: net.all_decided(want))
+    batches = [[r.op[:1] for r in d.batch.requests] for d in net.decided["r003"].values()]
+    assert batches == [[b"x"], [b"y"], [b"z", b"w"]]
+
+
+def test_backups_accept_batches_larger_than_their_own_batch_size() -> None:
+    """batch_size is each node's local preference: a primary configured for bigger batches
+    than a backup is not a faulty primary."""
+    net = Net(4, seed=3, config=Config(batch_size=8, batch_timeout=2))
+    primary = net.replicas["r000"].primary(0)
+    for i in net.ids:
+        if i != primary:
+            net.replicas[i] = Replica(i, net.members, config=Config(batch_size=1),
+                                      verify=net.verify)
+    want = [f"op{k}".encode() for k in range(8)]
+    for op in want:
+        net.propose(primary, op)
+    net.run(20, until=lambda: net.all_decided(want))
+    assert [len(d.batch.requests) for d in net.decided["r003"].values()] == [8]
+    assert all(r.view == 0 and not r.drops for r in net.replicas.values())
+
+
+def test_a_batch_above_the_protocol_limit_is_dropped() -> None:
+    net = Net(4, seed=4)
+    primary = net.replicas["r000"].primary(0)
+    reqs = tuple(net.signed_request(primary, bytes([k]) * MAX_OP_BYTES, client="c", rid=k)
+                 for k in range(1, 4))
+    assert sum(map(request_bytes, reqs)) > MAX_BATCH_BYTES
+    batch = Batch(0, primary, reqs)
+    pp = net.sign(primary, PrePrepare(0, 1, batch_digest(batch), primary, batch=batch))
+    backup = next(i for i in net.ids if i != primary)
+    net.replicas[backup].step(pp, sender=primary)
+    assert net.replicas[backup].drops[primary] == {"bad-batch": 1}
+
+
+def test_operations_above_the_codec_limit_are_refused_at_submission() -> None:
+    net = Net(4, seed=5)
+    with pytest.raises(ValueError, match="at most 1048576 bytes"):
+        net.replicas["r000"].propose(b"x" * (MAX_OP_BYTES + 1))
+    assert not net.replicas["r000"].pending and not net.replicas["r000"].has_ready()
+    with pytest.raises(ValueError, match="max_batch_bytes"):
+        Config(max_batch_bytes=MAX_BATCH_BYTES + 1)
