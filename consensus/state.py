@@ -17,6 +17,17 @@ set of a checkpoint can be proven without the snapshot:
 
 Execution is a pure function of (state, batch): replicas that execute the same committed
 log reach the same state, whatever order messages arrived in.
+
+Chunked body digest. A snapshot is ``[body, members, pending]``; its *body* (the
+application snapshot, client table and reputation, possibly many MiB) is hashed in
+:data:`CHUNK_BYTES` (256 KiB) chunks: ``body_digest = sha256(BODY_DOMAIN || size (8 bytes,
+big endian) || sha256(chunk 0) || sha256(chunk 1) || ...)`` (:func:`body_digest`), so a
+replica that trusts a checkpoint's state digest can verify each chunk of the body on its
+own once it holds the (verified) chunk-hash list: state transfer moves snapshots far
+above the codec's 1 MiB field / 4 MiB message limits in verifiable pieces
+(:mod:`consensus.checkpoint`, TOCS 2002 6.2 fetches state in partitions for the same
+reason). The hash list of a snapshot of ``S`` bytes is ``32 * ceil(S / CHUNK_BYTES)``
+bytes; the 1 MiB field limit puts the transferable body at 8 GiB.
 """
 
 from __future__ import annotations
@@ -32,13 +43,19 @@ from .messages import Batch, Request, sha256
 from .quorum import Membership
 from .wire import pack as pack_wire
 
-__all__ = ["DEDUP_WINDOW", "NullStateMachine", "ReplicatedState", "StateMachine", "SYSTEM",
-           "digest_parts", "split_snapshot", "state_digest"]
+__all__ = ["BODY_DOMAIN", "CHUNK_BYTES", "DEDUP_WINDOW", "NullStateMachine",
+           "ReplicatedState", "StateMachine", "SYSTEM", "body_digest", "chunk_count",
+           "chunk_hashes", "digest_parts", "join_snapshot", "manifest_digest",
+           "snapshot_parts", "split_snapshot", "state_digest"]
 
 #: Request ids more than this far below a client's highest executed id are stale.
 DEDUP_WINDOW = 256
 #: Client id prefix reserved for operations the consensus layer itself interprets.
 SYSTEM = "@"
+#: Bytes per chunk of a snapshot body (the unit of chunked state transfer).
+CHUNK_BYTES = 256 * 1024
+#: Domain separation prefix of :func:`body_digest`.
+BODY_DOMAIN = b"meshnode/pbft/body/1"
 
 
 class StateMachine(Protocol):
@@ -185,9 +202,9 @@ class ReplicatedState:
     def restore(self, snapshot: bytes) -> None:
         """Install a snapshot. Raises ValueError when it is malformed (caller verified its
         digest against a checkpoint certificate first)."""
-        try:
-            body, members, pend = decode(snapshot)
-            last, app, clients, rep = decode(body)
+        try:  # local (or already digest-checked) bytes: no message size limit applies
+            body, members, pend = decode(snapshot, max_bytes=len(snapshot))
+            last, app, clients, rep = decode(body, max_bytes=len(body))
             self.clients = {(o, k): _Client(m, set(r), lr, res)
                             for o, k, m, r, lr, res in clients}
             self.members = Membership.of({i: k for i, k in members})
@@ -200,29 +217,81 @@ class ReplicatedState:
         self.last_seq = last
 
 
-def digest_parts(body_digest: bytes, members_wire: Any, pending_digest: bytes) -> bytes:
-    """The state digest from its parts: ``sha256(sha256(body) || sha256(members) ||
-    sha256(pending))``, so a member set can be proven against a checkpoint with two
-    digests instead of the whole snapshot (:class:`~consensus.messages.MembershipProof`)."""
-    return sha256(body_digest + sha256(pack_wire(members_wire)) + pending_digest)
+def chunk_count(size: int) -> int:
+    """Number of :data:`CHUNK_BYTES` chunks of a body of ``size`` bytes (0 for 0)."""
+    return -(-size // CHUNK_BYTES)
 
 
-def split_snapshot(snapshot: bytes) -> tuple[bytes, Any, bytes]:
-    """``(sha256(body), members wire, sha256(pending))`` of a snapshot. Raises ValueError
-    when it is not ``[bytes, list, pending]``."""
+def chunk_hashes(body: bytes) -> bytes:
+    """``sha256(chunk 0) || sha256(chunk 1) || ...`` of ``body`` cut into
+    :data:`CHUNK_BYTES` chunks (the last one shorter): ``32 * chunk_count(len(body))``
+    bytes."""
+    view = memoryview(body)
+    return b"".join(sha256(view[i:i + CHUNK_BYTES]) for i in range(0, len(body), CHUNK_BYTES))
+
+
+def body_digest(size: int, hashes: bytes) -> bytes:
+    """The 32-byte body digest from a body's size (bytes) and its :func:`chunk_hashes`:
+    ``sha256(BODY_DOMAIN || size as 8 bytes big endian || hashes)``. Raises ValueError
+    when ``hashes`` is not ``32 * chunk_count(size)`` bytes or ``size`` is negative or
+    not below 2**64."""
+    if not 0 <= size < 2**64 or len(hashes) != 32 * chunk_count(size):
+        raise ValueError("chunk hash list does not match the body size")
+    return sha256(BODY_DOMAIN + size.to_bytes(8, "big") + hashes)
+
+
+def manifest_digest(size: int, hashes: bytes, members_packed: bytes,
+                    pending_packed: bytes) -> bytes:
+    """The state digest from a snapshot's manifest: body size and chunk hashes plus the
+    canonical encodings of its member list and pending change (what
+    :func:`snapshot_parts` returns). Raises ValueError as :func:`body_digest`."""
+    return sha256(body_digest(size, hashes) + sha256(members_packed) + sha256(pending_packed))
+
+
+def digest_parts(body_dg: bytes, members_wire: Any, pending_digest: bytes) -> bytes:
+    """The state digest from its parts: ``sha256(body_digest || sha256(members) ||
+    sha256(pending))`` (``body_digest`` as :func:`body_digest`), so a member set can be
+    proven against a checkpoint with two digests instead of the whole snapshot
+    (:class:`~consensus.messages.MembershipProof`)."""
+    return sha256(body_dg + sha256(pack_wire(members_wire)) + pending_digest)
+
+
+def snapshot_parts(snapshot: bytes) -> tuple[bytes, bytes, bytes]:
+    """``(body, canonical members encoding, canonical pending encoding)`` of a snapshot;
+    :func:`join_snapshot` inverts it. Raises ValueError when it is not
+    ``[bytes, list, pending]``."""
     try:
         body, members, pend = decode(snapshot, max_bytes=len(snapshot))
     except (DecodeError, TypeError, ValueError) as exc:
         raise ValueError(f"bad snapshot: {exc}") from None
     if not isinstance(body, bytes) or not isinstance(members, list):
         raise ValueError("bad snapshot: not [body, members, pending]")
-    return sha256(body), members, sha256(pack_wire(pend))
+    return body, pack_wire(members), pack_wire(pend)
+
+
+def join_snapshot(body: bytes, members_packed: bytes, pending_packed: bytes) -> bytes:
+    """The snapshot ``[body, members, pending]`` from :func:`snapshot_parts` output (the
+    parts as received in a transfer). Raises ValueError when a part does not decode."""
+    try:
+        members = decode(members_packed, max_bytes=len(members_packed))
+        pend = decode(pending_packed, max_bytes=len(pending_packed))
+    except DecodeError as exc:
+        raise ValueError(f"bad snapshot part: {exc}") from None
+    return pack_wire([body, members, pend])
+
+
+def split_snapshot(snapshot: bytes) -> tuple[bytes, Any, bytes]:
+    """``(body digest, members wire, sha256(pending))`` of a snapshot (body digest as
+    :func:`body_digest`). Raises ValueError when it is not ``[bytes, list, pending]``."""
+    body, members_packed, pending_packed = snapshot_parts(snapshot)
+    return (body_digest(len(body), chunk_hashes(body)), decode(members_packed,
+            max_bytes=len(members_packed)), sha256(pending_packed))
 
 
 def state_digest(snapshot: bytes) -> bytes:
     """The checkpoint state digest of a snapshot (raises ValueError when malformed)."""
-    body_digest, members, pending_digest = split_snapshot(snapshot)
-    return digest_parts(body_digest, members, pending_digest)
+    body, members_packed, pending_packed = snapshot_parts(snapshot)
+    return manifest_digest(len(body), chunk_hashes(body), members_packed, pending_packed)
 
 
 def _is_system(req: Request) -> bool:
