@@ -15,7 +15,9 @@ canonical msgpack):
 ``"decided"``   a commit certificate this replica executed (the decided log);
 ``"stable"``    ``[CheckpointProof, snapshot, view, primary]``: a stable checkpoint, the
                 replicated state at it, and the view the replica was running with the
-                primary it had pinned (``primary`` None: view 0, never pinned);
+                primary it had pinned (``primary`` None: view 0, never pinned). Local
+                storage, not a message: no size limit (a multi-MiB snapshot restores;
+                state transfer moves it in chunks, :mod:`consensus.checkpoint`);
 ``"view"``      ``[view, primary]``: the replica entered that view (accepted the
                 NEW-VIEW that ``primary`` sent; the pin survives restarts);
 ``"request"``   a request submitted locally with ``propose`` (re-submitted on restart
@@ -111,7 +113,7 @@ def restore(me: str, members: Any, records: Iterable[Record], *, replica_cls: An
                 entered = max(entered, int(v))
                 pins[int(v)] = str(who)
             elif rec.kind == "stable":
-                _proof, _snap, v, who = decode(rec.data)
+                _proof, _snap, v, who = decode(rec.data, max_bytes=len(rec.data))
                 entered = max(entered, int(v))
                 if who is not None:
                     pins[int(v)] = str(who)
@@ -138,7 +140,7 @@ def _restore_stable(r: Any, stables: list[Record]) -> None:
     if not stables:
         return
     rec = max(stables, key=lambda x: x.seq)
-    proof_w, snap, _view, _primary = decode(rec.data)
+    proof_w, snap, _view, _primary = decode(rec.data, max_bytes=len(rec.data))
     proof = CheckpointProof.from_wire(proof_w)
     if state_digest(snap) != proof.state_digest:
         raise ValueError("stable record snapshot does not match its proof")
