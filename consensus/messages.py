@@ -51,7 +51,8 @@ __all__ = [
     "DOMAIN", "Batch", "Checkpoint", "CheckpointProof", "Commit", "CommitCertificate",
     "Evidence", "Member", "MembershipProof", "Message", "MessageDecodeError", "NewView",
     "PrePrepare", "Prepare",
-    "PreparedEntry", "PreparedProof", "Request", "StateReply", "StateRequest", "ViewChange",
+    "PreparedEntry", "PreparedProof", "Request", "SnapshotChunk", "SnapshotChunkRequest",
+    "SnapshotManifest", "SnapshotManifestRequest", "StateReply", "StateRequest", "ViewChange",
     "ViewChangeSummary",
     "batch_digest", "decode_message", "encode_message", "sha256",
 ]
@@ -439,12 +440,68 @@ class StateReply(_Wire):
                        ("members", ("tuple", MembershipProof)))
 
 
+# -- chunked state transfer (TOCS 2002, 6.2; see consensus.checkpoint) ------------------
+@dataclass(frozen=True, slots=True)
+class SnapshotManifestRequest(_Wire):
+    """Ask a peer for the :class:`SnapshotManifest` of its snapshot at checkpoint ``seq``.
+    Unsigned: the manifest is checked against a certified state digest."""
+
+    seq: int
+    KIND: ClassVar[int] = 32
+    _SPEC: ClassVar = (("seq", "int"),)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotManifest(_Wire):
+    """What a requester needs to fetch and verify the snapshot at checkpoint ``seq`` in
+    chunks: the body's ``size`` in bytes, its ``chunk_hashes`` (32 bytes per
+    256 KiB chunk, :func:`consensus.state.chunk_hashes`; at most 1 MiB, so bodies up to
+    8 GiB), and the canonical encodings of the snapshot's member list (``members``) and
+    pending change (``pending``). Unsigned: it must hash to the state digest of a
+    certified checkpoint (:func:`consensus.state.manifest_digest`)."""
+
+    seq: int
+    size: int
+    chunk_hashes: bytes
+    members: bytes
+    pending: bytes
+    KIND: ClassVar[int] = 33
+    _SPEC: ClassVar = (("seq", "int"), ("size", "int"), ("chunk_hashes", "bytes"),
+                       ("members", "bytes"), ("pending", "bytes"))
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotChunkRequest(_Wire):
+    """Ask a peer for chunk ``index`` (0-based) of the body of its snapshot at checkpoint
+    ``seq``. Unsigned."""
+
+    seq: int
+    index: int
+    KIND: ClassVar[int] = 34
+    _SPEC: ClassVar = (("seq", "int"), ("index", "int"))
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotChunk(_Wire):
+    """Chunk ``index`` of the body of the snapshot at checkpoint ``seq``: at most
+    256 KiB of ``data`` whose SHA-256 is entry ``index`` of the manifest's chunk hashes.
+    Unsigned: verified against the manifest."""
+
+    seq: int
+    index: int
+    data: bytes
+    KIND: ClassVar[int] = 35
+    _SPEC: ClassVar = (("seq", "int"), ("index", "int"), ("data", "bytes"))
+
+
 Message = (Request | PrePrepare | Prepare | Commit | Checkpoint | ViewChange | NewView
-           | StateRequest | StateReply)
+           | StateRequest | StateReply | SnapshotManifestRequest | SnapshotManifest
+           | SnapshotChunkRequest | SnapshotChunk)
 _TOP = {c.KIND: c for c in (Request, PrePrepare, Prepare, Commit, Checkpoint, ViewChange,
                             NewView, StateRequest, StateReply, CommitCertificate, Evidence,
                             PreparedProof, CheckpointProof, Batch, ViewChangeSummary,
-                            MembershipProof)}
+                            MembershipProof, SnapshotManifestRequest, SnapshotManifest,
+                            SnapshotChunkRequest, SnapshotChunk)}
 
 
 def encode_message(msg: Any) -> bytes:
