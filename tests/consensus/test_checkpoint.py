@@ -60,7 +60,11 @@ def test_lagging_replica_catches_up_by_state_transfer() -> None:
     net.run(200, until=lambda: net.all_decided(want, who=others))
     assert net.replicas[cut].last_executed == 0
     net.filters.clear()
+    kinds: list[str] = []
+    net.filters.append(lambda s, d, m: kinds.append(type(m).__name__) is None)
     net.run(200, until=lambda: net.replicas[cut].last_executed == 25)
+    # a small snapshot travels inside the STATE-REPLY (no chunked transfer)
+    assert "StateReply" in kinds and "SnapshotChunkRequest" not in kinds
     lag = net.replicas[cut]
     assert lag.state.digest() == net.replicas[others[0]].state.digest()
     # it jumped by a verified snapshot: no decisions below the checkpoint it installed
