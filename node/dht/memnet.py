@@ -12,8 +12,9 @@ every ``tick_every`` seconds. Events at the same instant run in
 the order they were scheduled, so a run is a pure function of its inputs and seed.
 With ``loss > 0`` each request and each answer is dropped with that probability
 (drawn from a second generator seeded with ``seed``, so a lossless run draws nothing
-extra and is unchanged); a dropped message looks like silence to the requester. It is
-not the simulator: there is no CPU model, jitter or adversary here.
+extra and is unchanged); a dropped message looks like silence to the requester. Tests
+drop chosen messages with :attr:`MemNet.drop`. It is not the simulator: there is no
+CPU model, jitter or adversary here.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from node.dht.core import DhtConfig, DhtNode, OutboundRequest, QueryResult
-from node.dht.messages import PeerInfo
+from node.dht.messages import Message, PeerInfo
 from node.dht.record_store import Validator
 from node.dht.wire import WireError, decode_message, encode_message
 
@@ -59,6 +60,9 @@ class MemNet:
         self.loss = loss
         self._loss_rng = random.Random(f"memnet-loss-{seed}")
         self.lost = 0
+        #: ``drop(sender, receiver, message, answer) -> bool``: True loses that request
+        #: (``answer`` False) or answer (checked for every message before ``loss``).
+        self.drop: Callable[[bytes, bytes, Message, bool], bool] | None = None
         self.validator = validator
         self.latency = latency
         self.tick_every = tick_every
@@ -147,13 +151,15 @@ class MemNet:
                 self.results[(peer_id, result.query_id)] = result
             for request in ready.requests:
                 self.messages += 1
-                if self._dropped():
+                if self._dropped(peer_id, request.peer.peer_id, request.message, False):
                     continue  # the requester's tick stalls, then times it out
                 wire = encode_message(request.message)
                 self.schedule(self.latency, self._deliver_fn(peer_id, request, wire))
 
-    def _dropped(self) -> bool:
-        if self.loss and self._loss_rng.random() < self.loss:
+    def _dropped(self, sender: bytes, receiver: bytes, message: Message,
+                 answer: bool) -> bool:
+        if (self.drop is not None and self.drop(sender, receiver, message, answer)) or (
+                self.loss and self._loss_rng.random() < self.loss):
             self.lost += 1
             return True
         return False
@@ -174,7 +180,7 @@ class MemNet:
 
                 self.schedule(self.latency, refused)
                 return
-            if self._dropped():
+            if self._dropped(request.peer.peer_id, origin, handled.response, True):
                 return  # the answer is lost on the way back
             reply = encode_message(handled.response)
 
