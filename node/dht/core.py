@@ -45,6 +45,19 @@ alpha useful requests stay in flight even while dead or fabricated peers are bei
 tried, the paper's "removed from consideration until and unless they do respond"),
 and a late answer is still used. Only ``request_timeout`` fails a request. Lookups run
 on ``disjoint_paths`` S/Kademlia paths (see :mod:`node.dht.lookup`).
+
+Lost messages: at its first stall a lookup request is sent again
+(``config.lookup_retries`` times per peer and lookup; the lookup's "re-ask"), as a new
+request with a new ``request_id`` (a new stream in libp2p), while the first stays open
+(unless the peer already left a stalled request unanswered since its last answer:
+:meth:`~node.dht.health.PeerHealth.unanswered`):
+the first answer to either is used and the other request is forgotten (its answer,
+should it come, is a late one). The re-ask has its own stall deadline; the lookup stops
+waiting for the peer when it stalls too. The peer is charged one failure (backoff, stale
+contact) only when every request of that lookup to it failed, so a lost message and its
+re-ask count as one failed request, as before, and two lookups must fail on a peer before
+it is locked out. The re-ask is not a retry of the wire protocol: each request is a
+plain kad-dht request of its own.
 FIND_NODE carries the *preimage* of the target (a PeerId, a record key, or random bytes
 for a refresh) because responders hash it (libp2p/specs kad-dht "Distance").
 
@@ -69,7 +82,7 @@ from node.dht.config import DhtConfig, OutboundRequest, QueryResult, Ready
 from node.dht.handler import Handled, handle_request
 from node.dht.health import WARM_S, InFlight, PeerHealth, Pending
 from node.dht.keys import kad_key
-from node.dht.lookup import Lookup, ValueLookup
+from node.dht.lookup import Lookup, PeerState, ValueLookup
 from node.dht.messages import Message, MessageType, PeerInfo, Record
 from node.dht.record_store import RecordInvalid, RecordStore, Validator
 from node.dht.routing_table import MAX_REFRESH_CPL, RoutingTable
@@ -131,6 +144,9 @@ class DhtNode:
         self._ready = Ready()
         self._next_id = 1
         self._refreshing: set[int] = set()
+        # (query id, PeerId) -> ids of the open lookup requests to that peer, oldest
+        # first (two after a re-ask); an entry goes when all of them ended
+        self._asks: dict[tuple[int, bytes], list[int]] = {}
         self._bootstraps: set[int] = set()
         self._next_expiry = now
 
@@ -167,7 +183,8 @@ class DhtNode:
         lookup = ValueLookup(key, seeds, validator=self.validator, quorum=quorum,
                              k=self.config.k, alpha=self.config.alpha,
                              local_peer_id=self.local.peer_id, avoid=self._locked,
-                             paths=self.config.disjoint_paths)
+                             paths=self.config.disjoint_paths,
+                             retries=self.config.lookup_retries)
         query = _Query(qid, "get_value", lookup, wire_key=key, key=key)
         self._queries[qid] = query
         if stored is not None:
@@ -211,9 +228,10 @@ class DhtNode:
             return
         if msg.type is not pending.expected:
             self.counters["wrong_response_type"] += 1
-            self._fail(pending, now)
+            self._fail(request_id, pending, now)
             return
         peer_id = pending.peer.peer_id
+        self._answered(request_id, pending)
         self.health.answered(peer_id, rtt=now - pending.sent_at, cold=pending.cold)
         self._seen(pending.peer, now)
         self.table.record_answer(peer_id)
@@ -242,7 +260,7 @@ class DhtNode:
         pending = self._pending.pop(request_id)
         if pending is not None:
             self.counters[f"fail_{reason}"] += 1
-            self._fail(pending, now, charge=reason != "no_address")
+            self._fail(request_id, pending, now, charge=reason != "no_address")
 
     def learn_addrs(self, peer_id: bytes, addrs: Iterable[bytes]) -> None:
         """The driver learnt multiaddrs for ``peer_id`` outside the DHT (libp2p
@@ -254,10 +272,10 @@ class DhtNode:
         """Time advanced to ``now``: stall slow lookup requests, time out requests,
         start due bucket refreshes, expire records."""
         self._now = now
-        for _, pending, hard in list(self._pending.due(now)):
+        for rid, pending, hard in list(self._pending.due(now)):
             if hard:
                 self.counters["timeouts"] += 1
-                self._fail(pending, now)
+                self._fail(rid, pending, now)
             else:
                 self._stall(pending)
         for index in self.table.due_refreshes(now):
@@ -318,7 +336,8 @@ class DhtNode:
             def avoid(peer_id: bytes) -> bool:
                 return peer_id not in forced and self._locked(peer_id)
         return Lookup(target, seeds, k=self.config.k, alpha=self.config.alpha,
-                      local_peer_id=self.local.peer_id, avoid=avoid, paths=paths)
+                      local_peer_id=self.local.peer_id, avoid=avoid, paths=paths,
+                      retries=self.config.lookup_retries)
 
     def _start(self, kind: str, wire_key: bytes, now: float, *,
                extra_seeds: Iterable[PeerInfo] = (), key: bytes = b"", value: bytes = b"",
@@ -341,6 +360,8 @@ class DhtNode:
     def _send(self, peer: PeerInfo, msg: Message, query_id: int | None, now: float,
               *, stall: bool = False) -> None:
         rid = self._new_id()
+        if stall and query_id is not None:  # a lookup request: track its re-asks
+            self._asks.setdefault((query_id, peer.peer_id), []).append(rid)
         contact = self.table.get(peer.peer_id)
         cold = contact is None or now - contact.last_seen > WARM_S
         pending = Pending(peer, query_id, msg.type, now, now + self.config.request_timeout,
@@ -356,7 +377,13 @@ class DhtNode:
             return  # the lookup is over: nothing waits for this request
         pending.stalled = True
         self.counters["stalls"] += 1
-        query.lookup.on_stall(pending.peer.peer_id)
+        peer_id = pending.peer.peer_id
+        reask = not self.health.unanswered(peer_id)
+        self.health.stalled(peer_id)
+        if query.lookup.on_stall(peer_id, reask=reask):
+            self.counters["reasks"] += 1
+            self._send(pending.peer, self._request_for(query), query.query_id, self._now,
+                       stall=True)
         self._pump(query, self._now)
 
     def _request_for(self, query: _Query) -> Message:
@@ -384,6 +411,9 @@ class DhtNode:
         # same time now know each other. The buckets are refreshed meanwhile.
         query.rounds_left -= 1
         previous = query.lookup
+        # the last round's open requests are no longer re-asks of the new round's
+        for key in [key for key in self._asks if key[0] == query.query_id]:
+            del self._asks[key]
         if query.query_id in self._bootstraps and previous.closest():
             self._bootstraps.discard(query.query_id)
             if self.config.refresh_on_join:
@@ -467,9 +497,34 @@ class DhtNode:
             addrs = contact.addrs if contact is not None else ()
             self._send(PeerInfo(result.ping, addrs), Message(MessageType.PING), None, now)
 
-    def _fail(self, pending: Pending, now: float, *, charge: bool = True) -> None:
+    def _answered(self, request_id: int, pending: Pending) -> None:
+        """A lookup request was answered: forget its re-ask (or the first request)."""
+        if pending.query_id is None:
+            return
+        rids = self._asks.pop((pending.query_id, pending.peer.peer_id), None)
+        for rid in rids or ():
+            if rid != request_id and self._pending.pop(rid) is not None:
+                self.counters["reasks_superseded"] += 1
+
+    def _fail(self, request_id: int, pending: Pending, now: float, *,
+              charge: bool = True) -> None:
         self.counters["failures"] += 1
         peer_id = pending.peer.peer_id
+        if pending.query_id is not None:
+            key = (pending.query_id, peer_id)
+            rids = self._asks.get(key)
+            if rids is not None and request_id in rids:
+                newest = rids[-1] == request_id
+                rids.remove(request_id)
+                if rids:  # another request to the peer is open: not a failure yet
+                    self.counters["reask_pending_failures"] += 1
+                    query = self._queries.get(pending.query_id)
+                    if newest and query is not None and query.put_pending is None and (
+                            query.lookup.state_of(peer_id) is PeerState.RETRYING):
+                        query.lookup.on_stall(peer_id)  # the re-ask failed: stop waiting
+                        self._pump(query, now)
+                    return
+                del self._asks[key]
         if charge:
             self.health.failed(peer_id, now=now)
         if pending.expected is MessageType.PING and pending.query_id is None:

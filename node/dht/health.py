@@ -33,6 +33,17 @@ fabricated PeerIds a lying peer hands out:
   fail to respond quickly are removed from consideration until and unless they do
   respond"); the request still fails only at the hard ``request_timeout``.
 
+* **Unanswered stalls**: a peer whose lookup request stalled is *unanswered* until
+  it next answers any request (:meth:`PeerHealth.unanswered`). A lookup asks a stalled
+  peer once more (a lost request or answer; see :mod:`node.dht.lookup`, "Re-ask") only
+  when the peer was not already unanswered: a peer that answers nothing (down, silent,
+  or a fabricated PeerId) then holds up one lookup of this node by one extra stall
+  time, not every lookup until its failures lock it out (measured in the simulator
+  with a third of the peers Byzantine: without this, lookup p50 rose from 0.4 s to
+  0.6 s). An honest peer hit by a lost message is re-asked, answers, and is no
+  longer unanswered. At most ``capacity`` peers are kept; when full, the oldest is
+  forgotten (it is re-asked again).
+
 :class:`InFlight` holds the node's outstanding requests with their two deadlines (a
 lazy heap, so finding what is due costs ``O(log n)``). A stall concerns one lookup
 only: other lookups may still ask the peer (the paper removes a slow node "from
@@ -103,6 +114,7 @@ class PeerHealth:
         self.warm = RttEstimate()
         self.cold = RttEstimate()
         self._records: dict[bytes, _Record] = {}  # insertion order = failure order
+        self._unanswered: dict[bytes, None] = {}  # insertion order = first stall order
 
     # -- backoff ------------------------------------------------------------------------
 
@@ -127,6 +139,7 @@ class PeerHealth:
         the request needed a dial): clear its record and feed the matching RTT
         estimate. Negative RTTs (a clock step) are ignored."""
         self._records.pop(peer_id, None)
+        self._unanswered.pop(peer_id, None)
         if rtt is not None and rtt >= 0:
             (self.cold if cold else self.warm).sample(rtt)
 
@@ -140,7 +153,19 @@ class PeerHealth:
         record = self._records.get(peer_id)
         return 0 if record is None else record.failures
 
+    def stalled(self, peer_id: bytes) -> None:
+        """A lookup request to ``peer_id`` stalled: it is unanswered until it answers."""
+        if peer_id not in self._unanswered:
+            self._unanswered[peer_id] = None
+            if len(self._unanswered) > self.capacity:
+                del self._unanswered[next(iter(self._unanswered))]
+
+    def unanswered(self, peer_id: bytes) -> bool:
+        """True when a request to ``peer_id`` stalled and it has not answered since."""
+        return peer_id in self._unanswered
+
     def __len__(self) -> int:
+        """Failure records kept."""
         return len(self._records)
 
     # -- stall timeout ------------------------------------------------------------------

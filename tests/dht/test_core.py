@@ -344,12 +344,17 @@ def test_next_wakeup_is_the_earliest_stall_or_deadline() -> None:
     node.advance(ready)
     (first,) = ready.requests
     assert node.next_wakeup() == 1.5  # the stall time of that request
-    node.tick(1.5)  # stalled: the lookup asks the next peer without waiting
-    (second,) = node.ready().requests
+    node.tick(1.5)  # stalled: the lookup asks the next peer without waiting, and asks
+    # the stalled peer again (its request or answer may have been lost) on a new request
+    reask, second = node.ready().requests
+    assert reask.peer.peer_id == first.peer.peer_id and reask.request_id != first.request_id
+    assert reask.message == first.message and node.counters["reasks"] == 1
     assert second.peer.peer_id != first.peer.peer_id and node.counters["stalls"] == 1
-    assert node.next_wakeup() == 2.0  # the second request's stall time
+    assert node.next_wakeup() == 2.0  # the re-ask's and the second request's stall time
     node.on_response(first.request_id, Message(MessageType.FIND_NODE), now=2.0)
     assert node.health.warm.srtt == 1.0  # the late answer still counts (and is timed)
+    node.on_response(reask.request_id, Message(MessageType.FIND_NODE), now=2.1)
+    assert node.counters["late_or_unknown_response"] == 1  # the re-ask was forgotten
 
 
 def test_bootstrap_asks_its_seeds_even_in_backoff() -> None:

@@ -253,10 +253,10 @@ def test_a_stalled_request_frees_its_slot_and_a_late_answer_still_counts() -> No
     target = kad_key(b"t")
     ids = [pid(n) for n in range(6)]
     order = true_closest(ids, target, 6)
-    lookup = Lookup(target, [PeerInfo(p) for p in ids], k=3, alpha=2)
+    lookup = Lookup(target, [PeerInfo(p) for p in ids], k=3, alpha=2, retries=0)
     first = [p.peer_id for p in lookup.next_queries()]
     assert first == order[:2]
-    lookup.on_stall(order[0])  # slow: stop waiting for it
+    assert not lookup.on_stall(order[0])  # slow: stop waiting for it (no re-ask)
     assert lookup.state_of(order[0]) is PeerState.STALLED and lookup.in_flight == 1
     assert [p.peer_id for p in lookup.next_queries()] == [order[2]]
     lookup.on_response(order[1], [])
@@ -269,7 +269,7 @@ def test_a_stalled_request_frees_its_slot_and_a_late_answer_still_counts() -> No
     assert lookup.state_of(order[0]) is PeerState.SUCCEEDED
     assert lookup.state_of(pid(99)) is PeerState.CANDIDATE
     assert lookup.stats().stalls == 1 and lookup.stats().responses == 4
-    again = Lookup(target, [PeerInfo(order[0])])
+    again = Lookup(target, [PeerInfo(order[0])], retries=0)
     again.next_queries()
     again.on_stall(order[0])
     again.on_failure(order[0])  # the hard timeout of a stalled request
