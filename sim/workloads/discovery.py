@@ -42,8 +42,11 @@ request stalls after about two RTTs and the lookup moves on, and a peer that fai
 twice in a row is locked out for a backoff); and liars close to a node crowd its honest
 neighbours out of a single-path self-lookup, so a few nodes never met all k closest
 honest peers until someone else's lookup passed by (now lookups take two disjoint
-paths, the join self-lookup four). Generic ``silent``/``delay``/``replay``/``garbage``
-also apply.
+paths, the join self-lookup four). Under message loss (``--loss``) a lookup whose
+request or answer to a peer was lost used to end without that peer (4 % of lookups
+missed their target at 2 % loss, 200 nodes): now a stalled peer is asked once more
+(``DhtConfig.lookup_retries``; ``lookup_retries=0`` restores the old behaviour for
+comparison). Generic ``silent``/``delay``/``replay``/``garbage`` also apply.
 
 Measurements:
 
