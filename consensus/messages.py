@@ -428,7 +428,11 @@ class StateReply(_Wire):
     snapshot at it (empty when the requester does not need it), commit certificates
     for the decided batches after it, in sequence order, and the membership changes that
     took effect recently (so a requester that still knows an older member set can verify
-    the proof: each change is certified by the set before it)."""
+    the proof: each change is certified by the set before it). ``snapshot`` is also
+    empty when it exceeds 512 KiB: the requester then fetches it as a
+    :class:`SnapshotManifest` plus verified :class:`SnapshotChunk` s
+    (:mod:`consensus.checkpoint`); ``decided`` holds only the certificates that fit one
+    message."""
 
     checkpoint: CheckpointProof
     snapshot: bytes
