@@ -105,6 +105,8 @@ class MeshTaskService:
             await trio.sleep(self.tick_s)
             if not self.app.core.open_count():
                 continue  # idle: the clock may rest (liveness is counted in ticks too)
+            if self.me not in self.app.members():
+                continue  # only members submit (and sign) requests: they keep the clock
             clock = self.app.core.clock
             sig = await self.sign(tick_signing_bytes(self.me, clock))
             nursery.start_soon(self._propose, tick_op(self.me, clock, sig), "tick")

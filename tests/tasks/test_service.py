@@ -92,6 +92,26 @@ async def test_a_dead_assignee_is_replaced_after_the_deadline(tmp_path, autojump
     assert moved and all(s["history"][0][3].startswith("deadline") for s in moved)
 
 
+async def test_only_members_keep_the_mesh_clock(tmp_path, autojump_clock):
+    """A node outside the member set cannot sign requests: with tasks open it leaves the
+    clock ticks to the members instead of proposing what can never commit."""
+    m = members("node0")
+    app = MeshTaskApp(lambda: m)
+    log = Log(app)
+    member_engine, member = node(tmp_path, "node0", app, log, HandlerRegistry())
+    _engine, observer = node(tmp_path, "node1", app, log, HandlerRegistry())
+    await member.submit("upper", b"x", deadline_s=60)  # no handler: stays open
+    async with trio.open_nursery() as nursery:
+        await nursery.start(observer.run)
+        await trio.sleep(5.5)
+        assert app.core.open_count() == 1 and len(log.ops) == 1  # the submission only
+        await nursery.start(member_engine.run)
+        await nursery.start(member.run)
+        await trio.sleep(5)
+        nursery.cancel_scope.cancel()
+    assert len(log.ops) > 1  # the member ticks
+
+
 async def test_control_handlers_over_a_unix_socket(tmp_path):
     reg = HandlerRegistry()
     reg.register("upper", upper)
