@@ -31,6 +31,7 @@ from typing import Any
 import tomli_w
 
 from consensus.batching import MAX_BATCH_REQUESTS
+from identity.canonical import MAX_MESSAGE_BYTES
 from plugins import config as plugins_config
 
 __all__ = ["ConfigError", "NodeConfig", "load", "save"]
@@ -47,7 +48,9 @@ class NetworkConfig:
     listen: list[str] = field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/4001"])
     bootstrap: list[str] = field(default_factory=list)
     mdns: bool = True
-    max_frame_bytes: int = 1024 * 1024
+    #: Largest frame sent or accepted, bytes; at least the largest consensus message
+    #: (4 MiB: a PRE-PREPARE with a full batch, a STATE-REPLY).
+    max_frame_bytes: int = MAX_MESSAGE_BYTES
     inbound_rate_per_s: int = 2000
     inbound_burst: int = 4000
 
@@ -167,6 +170,10 @@ def _section(path: Path, name: str, cls: type, table: dict[str, Any]) -> Any:
         if want is int and (value < 0 or (value == 0 and key not in _MAY_BE_ZERO)):
             raise ConfigError(f"{path}: {name}.{key} must be "
                               f"{'>= 0' if key in _MAY_BE_ZERO else 'positive'}, got {value}")
+        if (name, key) == ("network", "max_frame_bytes") and value < MAX_MESSAGE_BYTES:
+            raise ConfigError(f"{path}: network.max_frame_bytes must be at least "
+                              f"{MAX_MESSAGE_BYTES} (the largest consensus message), "
+                              f"got {value}")
         if (name, key) == ("consensus", "batch_size") and value > MAX_BATCH_REQUESTS:
             raise ConfigError(f"{path}: consensus.batch_size must be at most "
                               f"{MAX_BATCH_REQUESTS}, got {value}")

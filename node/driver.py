@@ -84,6 +84,9 @@ class ConsensusDriver:
         #: concurrent calls, so every HSM signature in the process goes through it.
         self.io_limiter = trio.CapacityLimiter(1)
         self.decode_drops: Counter[str] = Counter()
+        #: messages the transport refused to send, by message type (a local limit or
+        #: bug, logged; the replica's re-sends and state transfer repair what they can)
+        self.send_errors: Counter[str] = Counter()
         self.last_decision: Decision | None = None
 
     # ---- inputs -----------------------------------------------------------------------
@@ -167,7 +170,12 @@ class ConsensusDriver:
         for out in ready.messages:
             payload = encode_message(out.msg)
             for peer_id in out.to:
-                self._send(peer_id, CHANNEL, payload)
+                try:
+                    self._send(peer_id, CHANNEL, payload)
+                except ValueError as exc:  # e.g. over the transport's frame limit
+                    self.send_errors[type(out.msg).__name__] += 1
+                    log.error("could not send %s (%d bytes) to %s: %s",
+                              type(out.msg).__name__, len(payload), peer_id, exc)
         for decision in ready.committed:
             self._deliver(decision)
         self.replica.advance(ready)

@@ -43,8 +43,9 @@ __all__ = [
 
 #: Bytes in the length header (unsigned, big-endian).
 HEADER_BYTES = 4
-#: Default largest payload, bytes (1 MiB, as node.transport.host).
-DEFAULT_MAX_FRAME_BYTES = 1024 * 1024
+#: Default largest payload, bytes: the largest message the canonical codec decodes
+#: (4 MiB, :data:`identity.canonical.MAX_MESSAGE_BYTES`), so every protocol message fits.
+DEFAULT_MAX_FRAME_BYTES = canonical.MAX_MESSAGE_BYTES
 
 
 class FramingError(ValueError):

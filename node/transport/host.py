@@ -53,7 +53,7 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
 from node import logs
-from node.transport.framing import Dropped, FrameDecoder, frame_payload
+from node.transport.framing import DEFAULT_MAX_FRAME_BYTES, Dropped, FrameDecoder, frame_payload
 from node.transport.ratelimit import PeerRateLimiter
 
 logs.adopt_libp2p_logger()
@@ -132,7 +132,7 @@ class LibP2PTransport:
         listen: Sequence[str],
         channels: Sequence[str],
         *,
-        max_frame_bytes: int = 1024 * 1024,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         queue_size: int = 1024,
         inbound_queue: int = 4096,
         rate_per_s: float = 2000.0,

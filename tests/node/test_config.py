@@ -33,6 +33,7 @@ def test_partial_file_keeps_defaults(tmp_path):
     ("[consensus]\nbatch_timeout_ms = -1\n", "batch_timeout_ms must be >= 0"),
     ("[storage]\nsynchronous = 'off'\n", "'full' or 'normal'"),
     ("[consensus]\nbatch_size = 5000\n", "batch_size must be at most 4096"),
+    ("[network]\nmax_frame_bytes = 1048576\n", "max_frame_bytes must be at least 4194304"),
     ("[network]\nlisten = [1]\n", "network.listen must be list"),
     ("[network\n", "config.toml"),
 ])

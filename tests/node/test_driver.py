@@ -73,6 +73,15 @@ async def test_four_replicas_decide_identically_over_libp2p(tmp_path):
             decisions = []
             for i in range(20):  # proposals from every replica, primary or not
                 decisions.append(await drivers[i % 4].propose(b"op-%d" % i))
+            # Operations of the largest size (1 MiB each): batches of two, 2 MiB
+            # PRE-PREPAREs over the wire (above the old 1 MiB frame limit).
+            big = [bytes([k]) * (1024 * 1024) for k in range(3)]
+            async with trio.open_nursery() as inner:
+                for k, op in enumerate(big):
+                    async def submit(op=op, k=k):
+                        decisions.append(await drivers[k % 4].propose(op))
+                    inner.start_soon(submit)
+            assert not any(d.send_errors for d in drivers)
             for d in decisions:
                 batch = certificate.verify(d.certificate, members)
                 assert batch == d.batch
@@ -86,7 +95,7 @@ async def test_four_replicas_decide_identically_over_libp2p(tmp_path):
     for s in stores:
         verify_audit_chain(s.audit_entries(), decided_value)
     ops = [r.op for d in decisions for r in d.batch.requests]
-    assert set(ops) >= {b"op-%d" % i for i in range(20)}
+    assert set(ops) >= {b"op-%d" % i for i in range(20)} | set(big)
 
 
 async def test_propose_refuses_what_the_mesh_could_never_decide():
@@ -111,3 +120,24 @@ async def test_propose_refuses_what_the_mesh_could_never_decide():
                                        other.public_key}))
     with pytest.raises(NotAMemberError, match="not a member"):
         await outsider.propose(b"op")
+
+
+async def test_a_send_the_transport_refuses_is_counted_not_fatal():
+    """A frame over the transport's limit is a local fault: the driver logs and counts
+    it (``send_errors``) and keeps pumping; it must not take the node down."""
+    signer, other = SoftSigner(bytes([7]) * 32), SoftSigner(bytes([8]) * 32)
+    me = peer_id_from_public_key(signer.public_key)
+    members = {me: signer.public_key,
+               peer_id_from_public_key(other.public_key): other.public_key}
+
+    def refuse(peer: str, channel: str, data: bytes) -> bool:
+        raise ValueError(f"frame of {len(data)} bytes over 10")
+
+    replica = Replica(me, members)
+    driver = ConsensusDriver(replica, persist=lambda records: None,
+                             sign_all=lambda datas: [signer.sign(d) for d in datas],
+                             send=refuse, tick_s=0.01)
+    replica.propose(b"op")
+    while replica.has_ready():
+        await driver._carry_out(replica.ready())
+    assert driver.send_errors == {"Request": 1}
