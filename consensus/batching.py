@@ -31,7 +31,8 @@ from typing import Any
 from .messages import Batch, PrePrepare, Request, batch_digest
 from .wire import MAX_ITEMS, MAX_OP_BYTES
 
-__all__ = ["MAX_BATCH_BYTES", "MAX_BATCH_REQUESTS", "RequestsMixin", "request_bytes"]
+__all__ = ["MAX_BATCH_BYTES", "MAX_BATCH_REQUESTS", "MAX_EVIDENCE", "MAX_EVIDENCE_BYTES",
+           "RequestsMixin", "request_bytes", "within_limits"]
 
 #: Protocol limits every replica applies to a PRE-PREPARE's batch, whatever its own
 #: batching configuration: at most this many requests and request bytes
@@ -40,12 +41,28 @@ __all__ = ["MAX_BATCH_BYTES", "MAX_BATCH_REQUESTS", "RequestsMixin", "request_by
 #: ``Config.max_batch_bytes``, which must not exceed them.
 MAX_BATCH_REQUESTS = MAX_ITEMS
 MAX_BATCH_BYTES = 3 * MAX_OP_BYTES
+#: At most this many equivocation proofs per batch, each at most MAX_EVIDENCE_BYTES
+#: (``a`` plus ``b``: two stripped PRE-PREPAREs, PREPAREs or COMMITs take under 800).
+MAX_EVIDENCE = 16
+MAX_EVIDENCE_BYTES = 1024
 
 
 def request_bytes(req: Request) -> int:
-    """An upper bound of the request's encoded size in bytes: ``op``, ids, signature and
-    24 bytes of framing."""
-    return len(req.op) + len(req.client) + len(req.origin) + 88
+    """An upper bound of the request's encoded size in bytes: ``op``, the UTF-8 ids,
+    signature and 24 bytes of framing."""
+    return len(req.op) + len(req.client.encode()) + len(req.origin.encode()) + 88
+
+
+def within_limits(batch: Batch) -> bool:
+    """True when ``batch`` keeps the protocol limits every replica checks: at most
+    :data:`MAX_BATCH_REQUESTS` requests of :data:`MAX_BATCH_BYTES` in all and
+    :data:`MAX_EVIDENCE` proofs of :data:`MAX_EVIDENCE_BYTES` each, so the PRE-PREPARE,
+    the prepared record and the commit certificate of the batch stay under the 4 MiB
+    message limit."""
+    reqs, evid = batch.requests, batch.evidence
+    return (len(reqs) <= MAX_BATCH_REQUESTS and len(evid) <= MAX_EVIDENCE
+            and all(len(e.a) + len(e.b) <= MAX_EVIDENCE_BYTES for e in evid)
+            and sum(map(request_bytes, reqs)) <= MAX_BATCH_BYTES)
 
 
 class RequestsMixin:
@@ -89,12 +106,14 @@ class RequestsMixin:
                 return False
         return True
 
-    def _evict_non_members(self: Any) -> None:
-        """After a membership change: forget pooled requests whose origin left the member
-        set (no batch may carry them any more, so waiting for them would only time out
-        views)."""
+    def _evict_non_members(self: Any, old: Any) -> None:
+        """After a change from member set ``old`` to the window's: forget pooled requests
+        whose origin left the member set or now has another key (no batch may carry
+        them any more, and a pooled request is not verified again when a batch carries
+        it, so waiting for them would only time out views)."""
         members = self.window_members
-        for key in [k for k in self.pending if k[0] not in members]:
+        for key in [k for k in self.pending
+                    if members.key(k[0]) is None or members.key(k[0]) != old.key(k[0])]:
             self.pending.pop(key)
             self.pending_since.pop(key, None)
             self.inflight.pop(key, None)
@@ -114,7 +133,7 @@ class RequestsMixin:
                 return
             take = self._fill(free)
             reqs = tuple(self.pending[k] for k in take)
-            culprits = sorted(self.evidence)[:16]
+            culprits = sorted(self.evidence)[:MAX_EVIDENCE]
             evid = tuple(self.evidence.pop(k) for k in culprits)
             batch = Batch(self.view, self.me, reqs, evid)
             seq = self.next_seq

@@ -238,9 +238,9 @@ class CheckpointMixin:
         self.low = proof.seq
         self.stable_proof = proof
         if members != self.window_members:
-            self.window_members = members
+            old, self.window_members = self.window_members, members
             self.others_cache = tuple(i for i in members.ids if i != self.me)
-            self._evict_non_members()
+            self._evict_non_members(old)
         for q in [q for q in self.slots if q <= proof.seq]:
             del self.slots[q]
         for q in [q for q in self.snapshots if q < proof.seq]:

@@ -34,7 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from identity.canonical import DecodeError, decode
+from identity.canonical import MAX_MESSAGE_BYTES, DecodeError, decode
 
 from .wire import (
     DOMAIN,
@@ -513,10 +513,12 @@ def encode_message(msg: Any) -> bytes:
     return _pack(msg.wire())
 
 
-def decode_message(data: bytes) -> Any:
-    """Decode wire bytes into a message. Raises only :class:`MessageDecodeError`."""
+def decode_message(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
+    """Decode wire bytes into a message. Raises only :class:`MessageDecodeError`.
+    ``max_bytes`` (default the 4 MiB network limit) may be raised for a replica's own
+    local records, which never crossed the network."""
     try:
-        obj = decode(data)
+        obj = decode(data, max_bytes=max_bytes)
     except DecodeError as exc:
         raise MessageDecodeError(str(exc)) from None
     if not isinstance(obj, list) or not obj or type(obj[0]) is not int or obj[0] not in _TOP:

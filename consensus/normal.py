@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .batching import MAX_BATCH_BYTES, MAX_BATCH_REQUESTS, request_bytes
+from .batching import MAX_EVIDENCE_BYTES, within_limits
 from .certificate import prepared_proof
 from .effects import Decision
 from .evidence import make_evidence
@@ -90,8 +90,7 @@ class NormalCaseMixin:
             return
         b = pp.batch
         if b is None or b.view != pp.view or b.primary != pp.sender or \
-                len(b.requests) > MAX_BATCH_REQUESTS or batch_digest(b) != pp.digest or \
-                sum(map(request_bytes, b.requests)) > MAX_BATCH_BYTES:
+                batch_digest(b) != pp.digest or not within_limits(b):
             self._drop(sender, "bad-batch")
             return
         slot = self._check_vote(pp, sender)
@@ -257,6 +256,8 @@ class NormalCaseMixin:
     def _add_evidence(self: Any, a: Any, b: Any) -> None:
         """Keep one equivocation proof per member not already penalised (bounded by n)."""
         rep = self.state.reputation
-        if rep.until.get(a.sender, 0) > rep.last_seq:
+        if rep.until.get(a.sender, 0) > rep.last_seq or a.sender in self.evidence:
             return
-        self.evidence.setdefault(a.sender, make_evidence(a, b))
+        ev = make_evidence(a, b)
+        if len(ev.a) + len(ev.b) <= MAX_EVIDENCE_BYTES:  # always, for ids of <= 256 bytes
+            self.evidence[a.sender] = ev

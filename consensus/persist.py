@@ -86,7 +86,7 @@ def restore(me: str, members: Any, records: Iterable[Record], *, replica_cls: An
     r.entering = True  # no new batches until every record is back (next_seq!)
     try:
         r.member_chain = []
-        r._learn_changes([decode_message(x.data) for x in records if x.kind == "members"],
+        r._learn_changes([_local(x.data) for x in records if x.kind == "members"],
                          persist=False)
         _restore_stable(r, [x for x in records if x.kind == "stable"])
         _restore_decided(r, [x for x in records if x.kind == "decided"])
@@ -96,15 +96,17 @@ def restore(me: str, members: Any, records: Iterable[Record], *, replica_cls: An
             if rec.kind == "prepared" and rec.seq > r.low:
                 _restore_prepared(r, *unpack_prepared(rec.data))
             elif rec.kind in ("msg", "viewchange"):
-                msg = decode_message(rec.data)
+                msg = _local(rec.data)
                 v, e = _restore_own(r, msg)
                 view, entered = max(view, v), max(entered, e)
                 if isinstance(msg, NewView):
                     pins[msg.view] = msg.sender
             elif rec.kind == "request":
-                req = decode_message(rec.data)  # own, signed before it was persisted
+                req = _local(rec.data)  # own, signed before it was persisted
                 if req.origin == me and req.client == me:
                     r._own_rid = max(r._own_rid, req.rid)
+                if not r.window_members.check_signed(req, r.verify):
+                    continue  # signed with a key this member set no longer has
                 r._on_request(req)
                 if req.key in r.pending:
                     r.local[req.key] = r.now
@@ -120,7 +122,11 @@ def restore(me: str, members: Any, records: Iterable[Record], *, replica_cls: An
     except (DecodeError, MessageDecodeError, TypeError, IndexError, ValueError) as exc:
         raise ValueError(f"corrupt consensus record: {exc}") from None
     r.entering = False
-    r._evict_non_members()  # own requests from before this member was removed
+    # request ids of the default client continue after those executed (their records
+    # may have been deleted once decided)
+    own = r.state.clients.get((me, me))
+    if own is not None:
+        r._own_rid = max(r._own_rid, own.max_rid)
     r.view = max(view, entered)
     r.in_view_change = view > entered
     if entered in pins:
@@ -153,7 +159,7 @@ def _restore_decided(r: Any, decided: list[Record]) -> None:
     certs: dict[int, CommitCertificate] = {}
     for rec in decided:
         if rec.seq > r.last_executed:
-            certs[rec.seq] = decode_message(rec.data)
+            certs[rec.seq] = _local(rec.data)
     seq = r.last_executed + 1
     while seq in certs:
         slot = r.slots.setdefault(seq, r._new_slot())
@@ -168,9 +174,14 @@ def pack_prepared(proof: PreparedProof, batch: Batch | None) -> bytes:
     return pack_wire([proof.wire(), None if batch is None else batch.wire()])
 
 
+def _local(data: bytes) -> Any:
+    """Decode one of the replica's own records: no network size limit applies."""
+    return decode_message(data, max_bytes=len(data))
+
+
 def unpack_prepared(data: bytes) -> tuple[PreparedProof, Batch | None]:
     """Inverse of :func:`pack_prepared`; raises DecodeError / TypeError / ValueError."""
-    proof_w, batch_w = decode(data)
+    proof_w, batch_w = decode(data, max_bytes=len(data))  # local: no network limit
     return PreparedProof.from_wire(proof_w), None if batch_w is None else \
         Batch.from_wire(batch_w)
 

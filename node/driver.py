@@ -115,7 +115,8 @@ class ConsensusDriver:
         Raises :class:`NotAMemberError` when this node is not a member of the current
         member set (requests are signed by the member that submits them) and
         :class:`ProposeError` when ``op`` is longer than
-        :data:`consensus.wire.MAX_OP_BYTES` (1 MiB)."""
+        :data:`consensus.wire.MAX_OP_BYTES` (1 MiB); :class:`NotAMemberError` too when
+        the node is removed from the member set while the operation waits."""
         if self.replica.me not in self.replica.members:
             raise NotAMemberError(
                 f"this node ({self.replica.me}) is not a member of the mesh: only members "
@@ -131,7 +132,12 @@ class ConsensusDriver:
         try:
             self.replica.propose(op, client=client, rid=rid)
             self._wake.set()
-            decision = await receive.receive()
+            try:
+                decision = await receive.receive()
+            except trio.EndOfChannel:
+                raise NotAMemberError(
+                    f"this node ({self.replica.me}) left the member set before the "
+                    "operation was decided; it was dropped") from None
         finally:
             self._waiters.pop(key, None)
         for request, result in zip(decision.batch.requests, decision.results, strict=True):
@@ -179,6 +185,11 @@ class ConsensusDriver:
         for decision in ready.committed:
             self._deliver(decision)
         self.replica.advance(ready)
+        if self._waiters and self.replica.me not in self.replica.members:
+            # removed from the member set: the replica dropped this node's pooled
+            # requests (no batch may carry them), so nobody waits for them any more
+            for key in sorted(self._waiters):
+                self._waiters.pop(key).close()
 
     def _deliver(self, decision: Decision) -> None:
         self.last_decision = decision

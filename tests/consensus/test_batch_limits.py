@@ -96,3 +96,28 @@ def test_operations_above_the_codec_limit_are_refused_at_submission() -> None:
     assert not net.replicas["r000"].pending and not net.replicas["r000"].has_ready()
     with pytest.raises(ValueError, match="max_batch_bytes"):
         Config(max_batch_bytes=MAX_BATCH_BYTES + 1)
+
+
+def test_a_batch_padded_with_junk_evidence_is_dropped() -> None:
+    """Evidence counts against the batch limits too: a faulty primary cannot pad a batch
+    until its decided record or certificate exceeds what a restart or a state transfer
+    can read back (review finding)."""
+    from consensus.messages import Evidence
+
+    net = Net(4, seed=6)
+    primary = net.replicas["r000"].primary(0)
+    backup = next(i for i in net.ids if i != primary)
+    junk = (Evidence(b"a" * 600, b"b" * 600),)
+    many = tuple(Evidence(bytes([k]), bytes([k + 1])) for k in range(17))
+    for k, evidence in enumerate((junk, many), start=1):
+        batch = Batch(0, primary, (), evidence)
+        pp = net.sign(primary, PrePrepare(0, k, batch_digest(batch), primary, batch=batch))
+        net.replicas[backup].step(pp, sender=primary)
+    assert net.replicas[backup].drops[primary] == {"bad-batch": 2}
+
+
+def test_request_bytes_counts_utf8_bytes() -> None:
+    from consensus.messages import Request
+
+    req = Request("\U0001f600" * 64, 1, b"", "r000", bytes(64))
+    assert request_bytes(req) >= len(encode_message(req))

@@ -178,3 +178,37 @@ def test_the_pinned_primary_of_the_running_view_survives_a_restart() -> None:
         assert pin is not None and pin[0] == r.view
         back = restore(i, net.members, net.storage[i], config=CFG, verify=net.verify)
         assert (back.view, back.in_view_change, back.view_primary) == (r.view, False, pin)
+
+
+def test_default_request_ids_continue_after_their_records_are_deleted() -> None:
+    """Drivers may delete a "request" record once it is decided; after a restart the
+    default client's ids continue after the executed ones (from the client table), so a
+    new operation is not mistaken for a duplicate (review finding)."""
+    net = Net(4, seed=21)
+    net.propose("r001", b"first")
+    net.run(20, until=lambda: net.all_decided([b"first"]))
+    net.storage["r001"] = [x for x in net.storage["r001"] if x.kind != "request"]
+    net.crash("r001")
+    net.restart("r001")
+    req = net.propose("r001", b"second")
+    assert req.key == ("r001", "r001", 2)
+    net.run(20, until=lambda: net.all_decided([b"second"]))
+
+
+def test_pooled_requests_signed_with_a_replaced_key_are_dropped() -> None:
+    """A member set change that keeps a member's id but not its key (removed, then added
+    with a new key) drops that member's pooled requests: a batch carrying them would not
+    verify, and pooled requests are not verified again (review finding)."""
+    from consensus.quorum import Membership
+
+    net = Net(4, seed=22)
+    r = net.replicas["r002"]
+    old = r.window_members
+    req = net.signed_request("r001", b"old key", client="c", rid=1)
+    keep = net.signed_request("r003", b"same key", client="c", rid=1)
+    for q in (req, keep):
+        r.step(q, sender=q.origin)
+    assert {req.key, keep.key} <= set(r.pending)
+    r.window_members = Membership.of({**old.as_dict(), "r001": bytes(range(32))})
+    r._evict_non_members(old)
+    assert req.key not in r.pending and keep.key in r.pending

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 from libp2p.crypto.ed25519 import Ed25519PrivateKey
 from libp2p.crypto.keys import KeyPair
 
@@ -141,3 +142,32 @@ async def test_a_send_the_transport_refuses_is_counted_not_fatal():
     while replica.has_ready():
         await driver._carry_out(replica.ready())
     assert driver.send_errors == {"Request": 1}
+
+
+async def test_a_waiting_operation_fails_when_the_node_leaves_the_member_set():
+    """Removed from the member set, the replica drops this node's pooled requests; the
+    driver then fails the waiting proposals with NotAMemberError instead of hanging."""
+    from consensus.quorum import Membership
+    from node.driver import NotAMemberError
+
+    signer, other = SoftSigner(bytes([7]) * 32), SoftSigner(bytes([8]) * 32)
+    me = peer_id_from_public_key(signer.public_key)
+    peer = peer_id_from_public_key(other.public_key)
+    replica = Replica(me, {me: signer.public_key, peer: other.public_key})
+    driver = ConsensusDriver(replica, persist=lambda records: None,
+                             sign_all=lambda datas: [signer.sign(d) for d in datas],
+                             send=lambda p, c, d: True, tick_s=0.01)
+    failure = []
+
+    async def waiting() -> None:
+        try:
+            await driver.propose(b"op")
+        except NotAMemberError as exc:
+            failure.append(str(exc))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiting)
+        await trio.testing.wait_all_tasks_blocked()
+        replica.window_members = Membership.of({peer: other.public_key})  # a change took effect
+        await driver._carry_out(replica.ready())
+    assert failure and "left the member set" in failure[0]
