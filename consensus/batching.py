@@ -77,6 +77,12 @@ class RequestsMixin:
         if len(self.pending) >= self.cfg.max_pending:
             self._drop(sender or self.me, "pending-full")
             return
+        origin, size = req.origin, request_bytes(req)
+        pooled = self.pooled_bytes.get(origin, 0) + size
+        if origin != self.me and pooled > self.cfg.max_pending_bytes_per_origin:
+            self._drop(sender or origin, "origin-quota")  # retransmitted once it drains
+            return
+        self.pooled_bytes[origin] = pooled
         self.pending[key] = req
         self.pending_since[key] = self.now
         self._arm_timer()
@@ -114,10 +120,20 @@ class RequestsMixin:
         members = self.window_members
         for key in [k for k in self.pending
                     if members.key(k[0]) is None or members.key(k[0]) != old.key(k[0])]:
-            self.pending.pop(key)
-            self.pending_since.pop(key, None)
-            self.inflight.pop(key, None)
-            self.local.pop(key, None)
+            self._unpool(key)
+
+    def _unpool(self: Any, key: tuple[str, str, int]) -> None:
+        """Forget request ``key`` (executed, or no longer admissible) everywhere."""
+        req = self.pending.pop(key, None)
+        if req is not None:
+            left = self.pooled_bytes[req.origin] - request_bytes(req)
+            if left:
+                self.pooled_bytes[req.origin] = left
+            else:
+                del self.pooled_bytes[req.origin]
+        self.pending_since.pop(key, None)
+        self.inflight.pop(key, None)
+        self.local.pop(key, None)
 
     def _maybe_propose(self: Any) -> None:
         if self.in_view_change or self.entering or not self.is_primary():

@@ -363,12 +363,12 @@ class CheckpointMixin:
         if req.from_seq > self.last_executed:
             return
         snapshot = self.snapshots[self.low][0] if req.from_seq <= self.low else b""
-        if len(snapshot) > INLINE_SNAPSHOT_BYTES:
+        if len(snapshot) > min(INLINE_SNAPSHOT_BYTES, self.cfg.max_reply_bytes // 2):
             snapshot = b""  # too large for one message: the requester fetches chunks
         since = req.from_seq - self.cfg.window
         changes = tuple(mp for mp in self.member_chain if mp.checkpoint.seq >= since)
-        budget = REPLY_BUDGET - len(snapshot) - len(encode_message(self.stable_proof)) - \
-            sum(len(encode_message(mp)) for mp in changes)
+        budget = self.cfg.max_reply_bytes - len(snapshot) - \
+            len(encode_message(self.stable_proof)) - sum(len(encode_message(mp)) for mp in changes)
         start = max(req.from_seq, self.low + 1)
         certs = []
         for q in range(start, min(self.last_executed, start + self.cfg.window - 1) + 1):
@@ -433,9 +433,7 @@ class CheckpointMixin:
             raise AssertionError("a certified snapshot failed to restore") from None
         self.snapshots[proof.seq] = (snap, proof.state_digest, self.state.members)
         for key in [k for k, r in self.pending.items() if self.state.is_duplicate(r)]:
-            self.pending.pop(key)
-            self.pending_since.pop(key, None)
-            self.inflight.pop(key, None)
+            self._unpool(key)
         self._make_stable(proof, signers)
         if not self.in_view_change:
             self.timer_on = False

@@ -233,11 +233,7 @@ class NormalCaseMixin:
         self._persist("decided", cert.seq, cert)
         self._ready.committed.append(Decision(cert.seq, batch, cert, tuple(results), members))
         for r in batch.requests:
-            key = r.key
-            self.pending.pop(key, None)
-            self.pending_since.pop(key, None)
-            self.inflight.pop(key, None)
-            self.local.pop(key, None)
+            self._unpool(r.key)
         self.next_seq = max(self.next_seq, cert.seq + 1)
         self.last_progress = self.now
         self._progress(batch)

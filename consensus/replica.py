@@ -53,7 +53,7 @@ from typing import Any
 from identity.signer import Signer, verify_signature
 
 from .batching import MAX_BATCH_BYTES, MAX_BATCH_REQUESTS, RequestsMixin
-from .checkpoint import CheckpointMixin
+from .checkpoint import REPLY_BUDGET, CheckpointMixin
 from .effects import Outbound, Ready, Record, SignRequest
 from .leader import round_robin, schedule_primary
 from .messages import (
@@ -93,12 +93,18 @@ class Config:
     #: max bytes of requests per batch (ops plus ids and signature; a single larger
     #: request still travels alone): keeps a PRE-PREPARE under the 4 MiB message limit
     max_batch_bytes: int = 2 * 1024 * 1024
+    #: max bytes of one STATE-REPLY (snapshot inline only up to half of it, at most
+    #: 512 KiB; then as many commit certificates as fit)
+    max_reply_bytes: int = REPLY_BUDGET
     batch_timeout: int = 1             #: ticks the primary waits to fill a batch
     max_inflight: int = 16             #: batches the primary has open at once
     view_timeout: int = 20             #: base view-change timeout
     max_view_timeout: int = 2560       #: cap of the exponentially growing timeout
     resend_interval: int = 8           #: ticks between re-sends of own unfinished messages
-    max_pending: int = 65536           #: pending request pool bound
+    max_pending: int = 65536           #: pending request pool bound (requests)
+    #: bytes of requests pooled per other member (a faulty member cannot fill the pool;
+    #: an honest one's excess is retransmitted by its origin once the pool drains)
+    max_pending_bytes_per_origin: int = 64 * 1024 * 1024
     reputation: bool = True            #: reputation-aware primaries (else round robin)
 
     def __post_init__(self) -> None:
@@ -108,6 +114,8 @@ class Config:
             raise ValueError(f"batch_size must be in 1..{MAX_BATCH_REQUESTS}")
         if not 0 < self.max_batch_bytes <= MAX_BATCH_BYTES:
             raise ValueError(f"max_batch_bytes must be in 1..{MAX_BATCH_BYTES}")
+        if not 64 * 1024 <= self.max_reply_bytes <= REPLY_BUDGET:
+            raise ValueError(f"max_reply_bytes must be in {64 * 1024}..{REPLY_BUDGET}")
 
 
 class Replica(NormalCaseMixin, RequestsMixin, CheckpointMixin, ViewChangeMixin):
@@ -147,6 +155,7 @@ class Replica(NormalCaseMixin, RequestsMixin, CheckpointMixin, ViewChangeMixin):
         self.pending_since: dict[tuple[str, str, int], int] = {}
         self.inflight: dict[tuple[str, str, int], int] = {}        # request -> seq
         self.local: dict[tuple[str, str, int], int] = {}           # proposed here -> last sent
+        self.pooled_bytes: dict[str, int] = {}  # origin -> request_bytes of its pooled ones
         self.evidence: dict[str, Evidence] = {}        # culprit -> proof
         self.next_seq = 1
         self.now = 0

@@ -67,6 +67,7 @@ class ConsensusDriver:
         send: Callable[[str, str, bytes], bool],
         tick_s: float,
         on_decision: Callable[[Decision], None] | None = None,
+        max_op_bytes: int = MAX_OP_BYTES,
     ) -> None:
         self.replica = replica
         self._persist = persist
@@ -74,6 +75,7 @@ class ConsensusDriver:
         self._send = send
         self.tick_s = tick_s
         self.on_decision = on_decision
+        self.max_op_bytes = max_op_bytes
         # this driver's client id within its member (fresh per incarnation, so request ids
         # restart at 1 without colliding with the previous run's)
         self.client_id = f"run-{os.urandom(4).hex()}"
@@ -114,15 +116,17 @@ class ConsensusDriver:
         requests such as membership changes use ``consensus.membership.MEMBERS_CLIENT``).
         Raises :class:`NotAMemberError` when this node is not a member of the current
         member set (requests are signed by the member that submits them) and
-        :class:`ProposeError` when ``op`` is longer than
-        :data:`consensus.wire.MAX_OP_BYTES` (1 MiB); :class:`NotAMemberError` too when
+        :class:`ProposeError` when ``op`` is longer than ``max_op_bytes`` (default
+        :data:`consensus.wire.MAX_OP_BYTES`, 1 MiB; the node uses less, see
+        :data:`node.runtime.NODE_MAX_OP_BYTES`); :class:`NotAMemberError` too when
         the node is removed from the member set while the operation waits."""
         if self.replica.me not in self.replica.members:
             raise NotAMemberError(
                 f"this node ({self.replica.me}) is not a member of the mesh: only members "
                 "submit operations (ask the members to add it: meshnode members add)")
-        if len(op) > MAX_OP_BYTES:
-            raise ProposeError(f"an operation is at most {MAX_OP_BYTES} bytes, got {len(op)}")
+        if len(op) > self.max_op_bytes:
+            raise ProposeError(f"an operation is at most {self.max_op_bytes} bytes, "
+                               f"got {len(op)}")
         if client is None:
             self._next_rid += 1
             client, rid = self.client_id, self._next_rid

@@ -24,6 +24,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+from consensus.batching import request_bytes
 from consensus.certificate import CertificateError
 from consensus.certificate import verify as verify_cert
 from consensus.effects import Decision, Record
@@ -264,6 +265,12 @@ class Net:
                 except CertificateError as exc:
                     raise AssertionError(f"invalid certificate at seq {seq} ({i}): {exc}") \
                         from None
+        for i in self.honest:  # the request pool's per-origin byte accounting
+            r = self.replicas[i]
+            pooled: dict[str, int] = {}
+            for req in r.pending.values():
+                pooled[req.origin] = pooled.get(req.origin, 0) + request_bytes(req)
+            assert pooled == r.pooled_bytes, f"pool accounting of {i}"
 
     def check_no_equivocation(self) -> None:
         """No honest replica ever signed two PRE-PREPAREs / PREPAREs / COMMITs for one

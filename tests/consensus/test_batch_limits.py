@@ -121,3 +121,51 @@ def test_request_bytes_counts_utf8_bytes() -> None:
 
     req = Request("\U0001f600" * 64, 1, b"", "r000", bytes(64))
     assert request_bytes(req) >= len(encode_message(req))
+
+
+def test_one_member_cannot_fill_the_request_pool() -> None:
+    """Pooled requests are bounded in bytes per origin: a faulty member flooding signed
+    requests is dropped (``origin-quota``) once its share is full, and the pool still
+    takes everyone else's; executing its requests frees the share."""
+    cfg = Config(max_pending_bytes_per_origin=10_000)
+    net = Net(4, seed=7, config=cfg)
+    primary = net.replicas["r000"].primary(0)
+    r = next(net.replicas[i] for i in net.ids if i not in (primary, "r003"))
+    flood = [net.signed_request("r003", b"x" * 3_000, client="c", rid=k) for k in range(1, 6)]
+    for req in flood:
+        r.step(req, sender="r003")
+    assert r.drops["r003"] == {"origin-quota": 2}
+    assert sum(k[0] == "r003" for k in r.pending) == 3
+    assert 0 < r.pooled_bytes["r003"] <= 10_000
+    honest = net.signed_request("r001", b"y" * 3_000, client="c", rid=1)
+    r.step(honest, sender="r001")
+    assert honest.key in r.pending
+    for k in list(r.pending):
+        r._unpool(k)
+    assert r.pooled_bytes == {} and not r.pending
+
+
+def test_state_replies_respect_max_reply_bytes() -> None:
+    """A node that must keep messages small (the real node: under 1 MiB) sets
+    max_reply_bytes; a lagging replica still catches up, in more replies."""
+    from consensus.messages import StateReply
+
+    cfg = Config(checkpoint_interval=4, window=16, batch_size=1, max_reply_bytes=64 * 1024)
+    net = Net(4, seed=8, config=cfg, wire=True)
+    sizes: list[int] = []
+
+    def measure(src, dst, msg):
+        if isinstance(msg, StateReply):
+            sizes.append(len(encode_message(msg)))
+        return True
+
+    net.filters.append(measure)
+    net.crash("r003")
+    want = [bytes([k]) * 20_000 for k in range(12)]
+    for op in want:
+        net.propose("r001", op)
+    net.run(200, until=lambda: net.all_decided(want, who=["r000", "r001", "r002"]))
+    net.restart("r003")
+    net.run(400, until=lambda: net.all_decided(want))
+    assert sizes and max(sizes) <= 64 * 1024
+    net.check_safety()
