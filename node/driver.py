@@ -30,7 +30,7 @@ from typing import Any
 import trio
 
 from consensus.effects import Decision, Ready
-from consensus.messages import MessageDecodeError, decode_message, encode_message
+from consensus.messages import MessageDecodeError, Request, decode_message, encode_message
 from consensus.replica import Replica
 from consensus.wire import MAX_OP_BYTES
 
@@ -139,9 +139,13 @@ class ConsensusDriver:
             try:
                 decision = await receive.receive()
             except trio.EndOfChannel:
-                raise NotAMemberError(
-                    f"this node ({self.replica.me}) left the member set before the "
-                    "operation was decided; it was dropped") from None
+                if self.replica.me not in self.replica.members:
+                    raise NotAMemberError(
+                        f"this node ({self.replica.me}) left the member set before the "
+                        "operation was decided; it was dropped") from None
+                raise ProposeError(
+                    "the operation was executed, but this node caught up past it by state "
+                    "transfer (a snapshot), so it holds no decision for it") from None
         finally:
             self._waiters.pop(key, None)
         for request, result in zip(decision.batch.requests, decision.results, strict=True):
@@ -189,10 +193,17 @@ class ConsensusDriver:
         for decision in ready.committed:
             self._deliver(decision)
         self.replica.advance(ready)
-        if self._waiters and self.replica.me not in self.replica.members:
-            # removed from the member set: the replica dropped this node's pooled
-            # requests (no batch may carry them), so nobody waits for them any more
-            for key in sorted(self._waiters):
+        if self._waiters and not self.replica.has_ready():
+            self._release_orphans()  # quiescent: every Decision made so far was delivered
+
+    def _release_orphans(self) -> None:
+        """Close the waiters no Decision will ever reach: all of them once this node
+        left the member set (its pooled requests were dropped), and those whose request
+        executed inside a snapshot this node installed (no Decision is emitted then)."""
+        gone = self.replica.me not in self.replica.members
+        state = self.replica.state
+        for key in sorted(self._waiters):
+            if gone or state.is_duplicate(Request(key[1], key[2], b"", key[0])):
                 self._waiters.pop(key).close()
 
     def _deliver(self, decision: Decision) -> None:

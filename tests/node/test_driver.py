@@ -166,9 +166,50 @@ async def test_a_waiting_operation_fails_when_the_node_leaves_the_member_set():
         except NotAMemberError as exc:
             failure.append(str(exc))
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(waiting)
-        await trio.testing.wait_all_tasks_blocked()
-        replica.window_members = Membership.of({peer: other.public_key})  # a change took effect
-        await driver._carry_out(replica.ready())
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiting)
+            await trio.testing.wait_all_tasks_blocked()
+            # a membership change took effect without this node
+            replica.window_members = Membership.of({peer: other.public_key})
+            while replica.has_ready():
+                await driver._carry_out(replica.ready())
     assert failure and "left the member set" in failure[0]
+
+
+async def test_an_operation_executed_inside_a_snapshot_does_not_wait_forever():
+    """A node that fell behind installs a snapshot that already executed its request: no
+    Decision is emitted for it, so the driver ends the wait with a ProposeError saying
+    so (instead of waiting forever)."""
+    from consensus.state import _Client
+    from node.driver import ProposeError
+
+    signer, other = SoftSigner(bytes([7]) * 32), SoftSigner(bytes([8]) * 32)
+    me = peer_id_from_public_key(signer.public_key)
+    peer = peer_id_from_public_key(other.public_key)
+    replica = Replica(me, {me: signer.public_key, peer: other.public_key})
+    driver = ConsensusDriver(replica, persist=lambda records: None,
+                             sign_all=lambda datas: [signer.sign(d) for d in datas],
+                             send=lambda p, c, d: True, tick_s=0.01)
+    failure = []
+
+    async def waiting() -> None:
+        try:
+            await driver.propose(b"op")
+        except ProposeError as exc:
+            failure.append(str(exc))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiting)
+            await trio.testing.wait_all_tasks_blocked()
+            while replica.has_ready():
+                await driver._carry_out(replica.ready())
+            assert not failure  # pooled, not executed: still waiting
+            # what installing a snapshot that contains the request does to the state
+            (req,) = replica.pending.values()
+            restored = _Client()
+            restored.record(req.rid, b"")
+            replica.state.clients[(me, req.client)] = restored
+            await driver._carry_out(replica.ready())
+    assert failure and "state transfer" in failure[0]
