@@ -89,7 +89,7 @@ from .state import (
 )
 from .wire import sha256
 
-__all__ = ["INLINE_SNAPSHOT_BYTES", "MAX_OUTSTANDING_CHUNKS", "REPLY_BUDGET",
+__all__ = ["INLINE_SNAPSHOT_BYTES", "MAX_OUTSTANDING_CHUNKS", "REPLY_BUDGET", "SERVE_LIMITS",
            "CheckpointMixin"]
 
 #: Snapshots up to this many bytes travel inside the STATE-REPLY; larger ones in chunks.
@@ -100,6 +100,11 @@ MAX_OUTSTANDING_CHUNKS = 4
 #: codec's 4 MiB message limit, for the framing around them).
 REPLY_BUDGET = MAX_MESSAGE_BYTES - 64 * 1024
 _MANIFEST = -1  # key of the manifest request in ``_Transfer.asked``
+_REPLY, _MANIFEST_KIND, _CHUNK = 0, 1, 2
+#: Replies served to one peer per ``resend_interval`` ticks: STATE-REPLYs, manifests,
+#: chunks. An honest requester asks one peer for state at most about once per interval
+#: (anti-entropy, probes, behind hints) and keeps MAX_OUTSTANDING_CHUNKS chunks asked.
+SERVE_LIMITS = (4, 4, 4 * MAX_OUTSTANDING_CHUNKS)
 
 
 @dataclass(slots=True)
@@ -151,6 +156,7 @@ class CheckpointMixin:
         self.target: CheckpointProof | None = None
         self.member_chain: list[MembershipProof] = []  # completed changes, by boundary
         self.xfer: _Transfer | None = None  # chunked snapshot fetch in progress
+        self.served: dict[str, list[int]] = {}  # peer -> [window start, replies by kind]
         self._serving: tuple[int, bytes, bytes, bytes, bytes, bytes] | None = None
 
     @property
@@ -360,7 +366,7 @@ class CheckpointMixin:
         if not known or sender == self.me:
             self._drop(sender, "not-member")
             return
-        if req.from_seq > self.last_executed:
+        if req.from_seq > self.last_executed or not self._may_serve(sender, _REPLY):
             return
         snapshot = self.snapshots[self.low][0] if req.from_seq <= self.low else b""
         if len(snapshot) > min(INLINE_SNAPSHOT_BYTES, self.cfg.max_reply_bytes // 2):
@@ -441,6 +447,21 @@ class CheckpointMixin:
         self._caught_up()
 
     # -- chunked snapshot transfer ------------------------------------------------------
+    def _may_serve(self: Any, peer: str, kind: int) -> bool:
+        """Whether ``peer`` may have one more reply of ``kind`` (STATE-REPLY, manifest or
+        chunk) in the current window of ``resend_interval`` ticks (:data:`SERVE_LIMITS`):
+        a few bytes of request buy up to a 4 MiB reply, so a faulty member must not be
+        able to make honest replicas send without bound. Over the limit the request is
+        dropped and counted (``serve-limit``); an honest requester re-asks next window."""
+        window = self.served.get(peer)
+        if window is None or self.now - window[0] >= self.cfg.resend_interval:
+            window = self.served[peer] = [self.now, 0, 0, 0]
+        if window[1 + kind] >= SERVE_LIMITS[kind]:
+            self._drop(peer, "serve-limit")
+            return False
+        window[1 + kind] += 1
+        return True
+
     def _snapshot_peer(self: Any, sender: str) -> bool:
         pend = self.state.pending_members
         known = sender in self.members or (pend is not None and sender in pend[1])
@@ -468,6 +489,8 @@ class CheckpointMixin:
         parts = self._serve_parts(req.seq)
         if parts is None:
             return  # not kept (collected, or never reached): the requester asks another
+        if not self._may_serve(sender, _MANIFEST_KIND):
+            return
         seq, _digest, body, hashes, members, pending = parts
         self._send(SnapshotManifest(seq, len(body), hashes, members, pending), (sender,))
 
@@ -480,6 +503,8 @@ class CheckpointMixin:
         body = parts[2]
         if req.index >= chunk_count(len(body)):
             self._drop(sender, "bad-chunk-index")
+            return
+        if not self._may_serve(sender, _CHUNK):
             return
         at = req.index * CHUNK_BYTES
         self._send(SnapshotChunk(req.seq, req.index, body[at:at + CHUNK_BYTES]), (sender,))

@@ -275,3 +275,33 @@ def test_body_digest_is_over_chunk_hashes() -> None:
     from consensus.state import join_snapshot
     _, mem, pend = snapshot_parts(snap)
     assert state_digest(join_snapshot(bytes(body), mem, pend)) != d
+
+
+def test_serving_state_is_limited_per_peer() -> None:
+    """A STATE-REQUEST costs its sender a few bytes and the server up to a whole reply:
+    a member flooding them gets a few replies per ``resend_interval`` and the rest is
+    dropped and counted (``serve-limit``); the next window serves again."""
+    from consensus.checkpoint import SERVE_LIMITS
+    from consensus.messages import StateReply, StateRequest
+
+    net = Net(4, seed=31, config=Config(checkpoint_interval=4, window=8, batch_size=1))
+    want = [f"op{k}".encode() for k in range(6)]
+    for op in want:
+        net.propose("r001", op)
+    net.run(50, until=lambda: net.all_decided(want))
+    server = net.replicas["r000"]
+    replies: list[StateReply] = []
+    net.filters.append(lambda src, dst, m: not (isinstance(m, StateReply) and src == "r000"
+                                                and dst == "r003" and replies.append(m)))
+    server.served.clear()  # a fresh window (the run above may have served r003)
+    server.drops.pop("r003", None)
+    for _ in range(50):
+        server.step(StateRequest(1), sender="r003")
+        net.pump("r000")
+    assert len(replies) == SERVE_LIMITS[0]
+    assert server.drops["r003"] == {"serve-limit": 50 - SERVE_LIMITS[0]}
+    for _ in range(server.cfg.resend_interval):
+        server.tick()
+    server.step(StateRequest(1), sender="r003")
+    net.pump("r000")
+    assert len(replies) == SERVE_LIMITS[0] + 1
