@@ -269,13 +269,7 @@ class Lookup:
             if known.addrless and info.addrs:  # now we can dial it
                 known.info, known.addrless = info, False
                 self._sync(known)
-            if hop < known.hop:
-                known.hop = hop
-            if not known.known_by >> path & 1:
-                known.known_by |= 1 << path
-                self._known[path] += 1
-                self._best[path] = min(self._best[path], known.distance)
-                self._sync(known)
+            self._seen_on(known, path, hop)
         if self._best[path] < best:
             self._no_progress[path] = 0
         else:
@@ -390,13 +384,7 @@ class Lookup:
             return
         known = self._entries.get(pid)
         if known is not None:
-            if hop < known.hop:
-                known.hop = hop
-            if not known.known_by >> path & 1:
-                known.known_by |= 1 << path
-                self._known[path] += 1
-                self._best[path] = min(self._best[path], known.distance)
-                self._sync(known)
+            self._seen_on(known, path, hop)
             return
         distance = key_to_int(kad_key(pid)) ^ self._target
         avoided = self._avoid is not None and self._avoid(pid)
@@ -408,6 +396,17 @@ class Lookup:
         self._distances.insert(at, distance)
         self._sorted.insert(at, entry)
         self._sync(entry)
+
+    def _seen_on(self, known: _Entry, path: int, hop: int) -> None:
+        """``known`` was named again, on disjoint path ``path`` at ``hop``: keep its
+        lowest hop and count it once per path it was seen on."""
+        if hop < known.hop:
+            known.hop = hop
+        if not known.known_by >> path & 1:
+            known.known_by |= 1 << path
+            self._known[path] += 1
+            self._best[path] = min(self._best[path], known.distance)
+            self._sync(known)
 
     def _sync(self, entry: _Entry) -> None:
         """Put ``entry`` into, or take it out of, each path's live list after a change:

@@ -100,26 +100,43 @@ async def test_four_replicas_decide_identically_over_libp2p(tmp_path):
     assert set(ops) >= {b"op-%d" % i for i in range(20)} | set(big)
 
 
+ME, PEER = SoftSigner(bytes([7]) * 32), SoftSigner(bytes([8]) * 32)
+
+
+def offline(members_of: tuple[SoftSigner, ...] = (ME, PEER),
+            send=lambda peer, channel, data: True) -> tuple[Replica, ConsensusDriver]:
+    """ME's replica (member set: ``members_of``) and its driver, not running: the test
+    carries out the replica's effects by hand (:func:`drain`)."""
+    members = {peer_id_from_public_key(s.public_key): s.public_key for s in members_of}
+    replica = Replica(peer_id_from_public_key(ME.public_key), members)
+    driver = ConsensusDriver(replica, persist=lambda records: None,
+                             sign_all=lambda datas: [ME.sign(d) for d in datas],
+                             send=send, tick_s=0.01)
+    return replica, driver
+
+
+async def drain(replica: Replica, driver: ConsensusDriver) -> None:
+    while replica.has_ready():
+        await driver._carry_out(replica.ready())
+
+
+async def propose_noting(driver: ConsensusDriver, error: type, failures: list[str]) -> None:
+    try:
+        await driver.propose(b"op")
+    except error as exc:
+        failures.append(str(exc))
+
+
 async def test_propose_refuses_what_the_mesh_could_never_decide():
     """A non-member (it cannot sign requests) and an operation above the codec's 1 MiB
     get a one-line ProposeError at once, not a request that waits forever."""
     from consensus.wire import MAX_OP_BYTES
     from node.driver import NotAMemberError, ProposeError
 
-    signer = SoftSigner(bytes([7]) * 32)
-    me = peer_id_from_public_key(signer.public_key)
-
-    def driver_for(replica: Replica) -> ConsensusDriver:
-        return ConsensusDriver(replica, persist=lambda records: None,
-                               sign_all=lambda datas: [signer.sign(d) for d in datas],
-                               send=lambda peer, channel, data: True, tick_s=0.01)
-
-    member = driver_for(Replica(me, {me: signer.public_key}))
+    _replica, member = offline((ME,))
     with pytest.raises(ProposeError, match="at most 1048576 bytes"):
         await member.propose(b"x" * (MAX_OP_BYTES + 1))
-    other = SoftSigner(bytes([8]) * 32)
-    outsider = driver_for(Replica(me, {peer_id_from_public_key(other.public_key):
-                                       other.public_key}))
+    _replica, outsider = offline((PEER,))
     with pytest.raises(NotAMemberError, match="not a member"):
         await outsider.propose(b"op")
 
@@ -127,21 +144,12 @@ async def test_propose_refuses_what_the_mesh_could_never_decide():
 async def test_a_send_the_transport_refuses_is_counted_not_fatal():
     """A frame over the transport's limit is a local fault: the driver logs and counts
     it (``send_errors``) and keeps pumping; it must not take the node down."""
-    signer, other = SoftSigner(bytes([7]) * 32), SoftSigner(bytes([8]) * 32)
-    me = peer_id_from_public_key(signer.public_key)
-    members = {me: signer.public_key,
-               peer_id_from_public_key(other.public_key): other.public_key}
-
     def refuse(peer: str, channel: str, data: bytes) -> bool:
         raise ValueError(f"frame of {len(data)} bytes over 10")
 
-    replica = Replica(me, members)
-    driver = ConsensusDriver(replica, persist=lambda records: None,
-                             sign_all=lambda datas: [signer.sign(d) for d in datas],
-                             send=refuse, tick_s=0.01)
+    replica, driver = offline(send=refuse)
     replica.propose(b"op")
-    while replica.has_ready():
-        await driver._carry_out(replica.ready())
+    await drain(replica, driver)
     assert driver.send_errors == {"Request": 1}
 
 
@@ -151,30 +159,17 @@ async def test_a_waiting_operation_fails_when_the_node_leaves_the_member_set():
     from consensus.quorum import Membership
     from node.driver import NotAMemberError
 
-    signer, other = SoftSigner(bytes([7]) * 32), SoftSigner(bytes([8]) * 32)
-    me = peer_id_from_public_key(signer.public_key)
-    peer = peer_id_from_public_key(other.public_key)
-    replica = Replica(me, {me: signer.public_key, peer: other.public_key})
-    driver = ConsensusDriver(replica, persist=lambda records: None,
-                             sign_all=lambda datas: [signer.sign(d) for d in datas],
-                             send=lambda p, c, d: True, tick_s=0.01)
-    failure = []
-
-    async def waiting() -> None:
-        try:
-            await driver.propose(b"op")
-        except NotAMemberError as exc:
-            failure.append(str(exc))
-
+    replica, driver = offline()
+    failures: list[str] = []
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(waiting)
+            nursery.start_soon(propose_noting, driver, NotAMemberError, failures)
             await trio.testing.wait_all_tasks_blocked()
             # a membership change took effect without this node
-            replica.window_members = Membership.of({peer: other.public_key})
-            while replica.has_ready():
-                await driver._carry_out(replica.ready())
-    assert failure and "left the member set" in failure[0]
+            replica.window_members = Membership.of(
+                {peer_id_from_public_key(PEER.public_key): PEER.public_key})
+            await drain(replica, driver)
+    assert failures and "left the member set" in failures[0]
 
 
 async def test_an_operation_executed_inside_a_snapshot_does_not_wait_forever():
@@ -184,32 +179,18 @@ async def test_an_operation_executed_inside_a_snapshot_does_not_wait_forever():
     from consensus.state import _Client
     from node.driver import ProposeError
 
-    signer, other = SoftSigner(bytes([7]) * 32), SoftSigner(bytes([8]) * 32)
-    me = peer_id_from_public_key(signer.public_key)
-    peer = peer_id_from_public_key(other.public_key)
-    replica = Replica(me, {me: signer.public_key, peer: other.public_key})
-    driver = ConsensusDriver(replica, persist=lambda records: None,
-                             sign_all=lambda datas: [signer.sign(d) for d in datas],
-                             send=lambda p, c, d: True, tick_s=0.01)
-    failure = []
-
-    async def waiting() -> None:
-        try:
-            await driver.propose(b"op")
-        except ProposeError as exc:
-            failure.append(str(exc))
-
+    replica, driver = offline()
+    failures: list[str] = []
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(waiting)
+            nursery.start_soon(propose_noting, driver, ProposeError, failures)
             await trio.testing.wait_all_tasks_blocked()
-            while replica.has_ready():
-                await driver._carry_out(replica.ready())
-            assert not failure  # pooled, not executed: still waiting
+            await drain(replica, driver)
+            assert not failures  # pooled, not executed: still waiting
             # what installing a snapshot that contains the request does to the state
             (req,) = replica.pending.values()
             restored = _Client()
             restored.record(req.rid, b"")
-            replica.state.clients[(me, req.client)] = restored
+            replica.state.clients[(req.origin, req.client)] = restored
             await driver._carry_out(replica.ready())
-    assert failure and "state transfer" in failure[0]
+    assert failures and "state transfer" in failures[0]
