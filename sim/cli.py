@@ -58,6 +58,19 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise SystemExit(code)
 
 
+def _console(args: argparse.Namespace, width: int) -> Console:
+    """The report console (at least ``width`` columns), after checking that ``--plot``
+    can work (exits with one line when matplotlib is missing)."""
+    if args.plot:
+        from sim import plot
+
+        if not plot.available():
+            _fail("--plot needs matplotlib, which is not installed (pip install matplotlib)")
+    console = Console()
+    console.width = max(console.width, width)
+    return console
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sim", description="meshnode discrete-event simulator")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
@@ -246,13 +259,7 @@ def _run(args: argparse.Namespace) -> int:
         workload = load_workload(spec.workload)
     except WorkloadMissing as exc:
         _fail(str(exc), EXIT_MISSING)
-    if args.plot:
-        from sim import plot
-
-        if not plot.available():
-            _fail("--plot needs matplotlib, which is not installed (pip install matplotlib)")
-    console = Console()
-    console.width = max(console.width, 132)  # target names are long; do not truncate them
+    console = _console(args, 132)  # target names are long; do not truncate them
     decisions = []
     with Progress(
         TextColumn("[bold]sim[/bold] {task.description}"), BarColumn(),
@@ -277,6 +284,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.report_json:
         rep.write_json(args.report_json, runner.report_dict(result))
     if args.plot:
+        from sim import plot
+
         plot.write(args.plot, result, decisions)
     return result.exit_code
 
@@ -290,13 +299,7 @@ def _run_suite(args: argparse.Namespace) -> int:
         _fail(str(exc))
     except WorkloadMissing as exc:
         _fail(str(exc), EXIT_MISSING)
-    if args.plot:
-        from sim import plot
-
-        if not plot.available():
-            _fail("--plot needs matplotlib, which is not installed (pip install matplotlib)")
-    console = Console()
-    console.width = max(console.width, 140)
+    console = _console(args, 140)
     with Progress(
         TextColumn("[bold]sim[/bold] {task.description:<10}"), BarColumn(),
         TextColumn("{task.completed:.1f}/{task.total:.0f} s virtual"), TimeElapsedColumn(),

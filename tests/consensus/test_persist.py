@@ -14,6 +14,20 @@ CFG = Config(checkpoint_interval=4, window=8, batch_size=2, view_timeout=20,
              resend_interval=4, max_inflight=8)
 
 
+
+def decide_without_the_first_primary(net: Net, tag: str, k: int
+                                     ) -> tuple[str, list[str], list[bytes]]:
+    """Crash view 0's primary and have the others decide ``k`` ops (a view change);
+    returns (that primary, the live replicas, the ops)."""
+    p0 = net.replicas["r000"].primary(0)
+    net.crash(p0)
+    alive = [i for i in net.ids if i != p0]
+    want = [f"{tag}{i}".encode() for i in range(k)]
+    for i, op in enumerate(want):
+        net.propose(alive[i % 3], op)
+    net.run(300, until=lambda: net.all_decided(want, who=alive))
+    return p0, alive, want
+
 def test_crash_and_restart_mid_protocol() -> None:
     net = Net(4, seed=1, config=CFG)
     victim = next(i for i in net.ids if i != net.replicas["r000"].primary(0))
@@ -114,13 +128,7 @@ def test_compacted_records_restore() -> None:
 
 def test_compacted_records_restore_after_a_view_change() -> None:
     net = Net(4, seed=6, config=CFG)
-    p0 = net.replicas["r000"].primary(0)
-    net.crash(p0)
-    alive = [i for i in net.ids if i != p0]
-    want = [f"v{k}".encode() for k in range(14)]
-    for k, op in enumerate(want):
-        net.propose(alive[k % 3], op)
-    net.run(300, until=lambda: net.all_decided(want, who=alive))
+    p0, alive, want = decide_without_the_first_primary(net, "v", 14)
     p1 = net.replicas[alive[0]].primary(net.replicas[alive[0]].view)
     r = net.replicas[p1]
     assert r.view >= 1 and r.low > 0
@@ -140,13 +148,7 @@ def test_restarted_primary_rejoins_the_view_it_missed() -> None:
     the running view, accept its NEW-VIEW and be part of the next quorum: with a
     second replica down, nothing commits without it."""
     net = Net(4, seed=7, config=CFG)
-    p0 = net.replicas["r000"].primary(0)
-    net.crash(p0)
-    alive = [i for i in net.ids if i != p0]
-    want = [f"m{k}".encode() for k in range(10)]
-    for k, op in enumerate(want):
-        net.propose(alive[k % 3], op)
-    net.run(300, until=lambda: net.all_decided(want, who=alive))
+    p0, alive, want = decide_without_the_first_primary(net, "m", 10)
     ref = net.replicas[alive[0]]
     assert ref.view >= 1 and ref.low > 0 and ref.state.reputation.failures.get(p0)
     net.restart(p0)
@@ -165,13 +167,7 @@ def test_restarted_primary_rejoins_the_view_it_missed() -> None:
 
 def test_the_pinned_primary_of_the_running_view_survives_a_restart() -> None:
     net = Net(4, seed=8, config=CFG)
-    p0 = net.replicas["r000"].primary(0)
-    net.crash(p0)
-    alive = [i for i in net.ids if i != p0]
-    want = [f"q{k}".encode() for k in range(6)]
-    for k, op in enumerate(want):
-        net.propose(alive[k % 3], op)
-    net.run(300, until=lambda: net.all_decided(want, who=alive))
+    p0, alive, want = decide_without_the_first_primary(net, "q", 6)
     for i in alive:
         r = net.replicas[i]
         pin = r.view_primary
